@@ -13,25 +13,25 @@ import (
 type Kind uint8
 
 const (
-	Other        Kind = iota // an error with no better class (EIO)
-	NotExist                 // no such file or directory
-	Exist                    // the name is taken
-	Permission               // not allowed
-	Invalid                  // a bad argument: name, offset, flag
-	NotDir                   // a directory was needed
-	IsDir                    // a file was needed
-	NotEmpty                 // a directory still has children
-	Unsupported              // this node cannot do that
-	CrossDevice              // a rename between trees
-	TooLarge                 // a size or count beyond a limit
-	NameTooLong              // a name beyond 255 bytes
-	NoSpace                  // the disk or a quota is full
-	Timeout                  // a deadline passed
-	Canceled                 // the caller gave up
-	Unavailable              // a remote part cannot be reached
-	Busy                     // a limit on concurrent use was reached
-	BadHandle                // a closed or unknown handle
-	IO                       // the storage below failed
+	Other       Kind = iota // an error with no better class (EIO)
+	NotExist                // no such file or directory
+	Exist                   // the name is taken
+	Permission              // not allowed
+	Invalid                 // a bad argument: name, offset, flag
+	NotDir                  // a directory was needed
+	IsDir                   // a file was needed
+	NotEmpty                // a directory still has children
+	Unsupported             // this node cannot do that
+	CrossDevice             // a rename between trees
+	TooLarge                // a size or count beyond a limit
+	NameTooLong             // a name beyond 255 bytes
+	NoSpace                 // the disk or a quota is full
+	Timeout                 // a deadline passed
+	Canceled                // the caller gave up
+	Unavailable             // a remote part cannot be reached
+	Busy                    // a limit on concurrent use was reached
+	BadHandle               // a closed or unknown handle
+	IO                      // the storage below failed
 )
 
 var kinds = [...]struct {
