@@ -1,0 +1,241 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"hash/fnv"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+	"weak"
+
+	"strata/fs"
+)
+
+// A node is a directory or file of the store, known by its path. The store
+// keeps one node per live path, so that a rename or remove through the
+// store can move or retire every node it affects.
+type node struct {
+	s  *Store
+	at *slot
+}
+
+// A slot says where a node is. It is kept apart from the node, so that the
+// cleanup that forgets a collected node can still find its entry.
+//
+// path and gone are written with s.mu held and s.ns held for writing; a
+// temporary file's node, which only its handle uses, may also be retired
+// with s.ns held for reading. They are read with either lock held.
+type slot struct {
+	path string // slash-separated from the root; "" is the root
+	gone bool   // removed or replaced
+	wp   weak.Pointer[node]
+}
+
+// node returns the node for path p, making it if there is none. The
+// root's node, which never moves, is made by Open and not kept here.
+func (s *Store) node(p string) *node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sl := s.nodes[p]; sl != nil {
+		if n := sl.wp.Value(); n != nil {
+			return n
+		}
+	}
+	sl := &slot{path: p}
+	n := &node{s: s, at: sl}
+	sl.wp = weak.Make(n)
+	s.nodes[p] = sl
+	runtime.AddCleanup(n, s.forget, sl)
+	return n
+}
+
+// forget drops the entry of a collected node.
+func (s *Store) forget(sl *slot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nodes[sl.path] == sl {
+		delete(s.nodes, sl.path)
+	}
+}
+
+// retire marks the node at sl as gone.
+func (s *Store) retire(sl *slot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nodes[sl.path] == sl {
+		delete(s.nodes, sl.path)
+	}
+	sl.gone = true
+}
+
+// within reports whether p is dir or below it.
+func within(p, dir string) bool {
+	return p == dir || (dir != "" && strings.HasPrefix(p, dir+"/"))
+}
+
+// removed retires the nodes at p and below it. s.ns is held for writing.
+func (s *Store) removed(p string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.drop(p)
+}
+
+func (s *Store) drop(p string) {
+	for q, sl := range s.nodes {
+		if within(q, p) {
+			sl.gone = true
+			delete(s.nodes, q)
+		}
+	}
+}
+
+// moved moves the nodes at from and below it to to, and retires those that
+// were at to. s.ns is held for writing.
+func (s *Store) moved(from, to string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.drop(to)
+	var move []*slot
+	for q, sl := range s.nodes {
+		if within(q, from) {
+			move = append(move, sl)
+			delete(s.nodes, q)
+		}
+	}
+	for _, sl := range move {
+		sl.path = to + sl.path[len(from):]
+		s.nodes[sl.path] = sl
+	}
+}
+
+// ready reports why n cannot be used now: a canceled context, a closed
+// store, or a node that is gone. s.ns is held.
+func (n *node) ready(ctx context.Context, op string) error {
+	if err := n.s.check(ctx, op, n.at.path); err != nil {
+		return err
+	}
+	if n.at.gone {
+		return &fs.Error{Op: op, Path: n.at.path, Kind: fs.NotExist}
+	}
+	return nil
+}
+
+// where is n's path, for an error message.
+func (n *node) where() string {
+	n.s.mu.Lock()
+	defer n.s.mu.Unlock()
+	return n.at.path
+}
+
+// Stat describes the node.
+func (n *node) Stat(ctx context.Context) (fs.Info, error) {
+	const op = "stat"
+	n.s.ns.RLock()
+	defer n.s.ns.RUnlock()
+	if err := n.ready(ctx, op); err != nil {
+		return fs.Info{}, err
+	}
+	p := n.at.path
+	fi, err := n.s.root.Lstat(osPath(p))
+	if err != nil {
+		return fs.Info{}, fail(op, p, err)
+	}
+	_, name := split(p)
+	return info(name, fi), nil
+}
+
+// SetAttr changes the size (of a file), the permission bits or the
+// modification time, in that order, and makes the change durable.
+func (n *node) SetAttr(ctx context.Context, a fs.Attr) error {
+	const op = "setattr"
+	s := n.s
+	s.ns.RLock()
+	f, err := n.setAttr(ctx, op, a)
+	p := n.at.path
+	s.ns.RUnlock()
+	if f != nil {
+		if serr := syncClose(f); err == nil && serr != nil {
+			err = fail(op, p, serr)
+		}
+	}
+	return err
+}
+
+// setAttr makes the changes and returns the open node to fsync. s.ns is
+// held for reading.
+func (n *node) setAttr(ctx context.Context, op string, a fs.Attr) (*os.File, error) {
+	s := n.s
+	if err := n.ready(ctx, op); err != nil {
+		return nil, err
+	}
+	p := n.at.path
+	var f *os.File
+	if a.Size != nil {
+		if *a.Size < 0 {
+			return nil, &fs.Error{Op: op, Path: n.at.path, Kind: fs.Invalid, Err: errNegative}
+		}
+		var err error
+		if f, err = s.openFile(p, os.O_WRONLY); err != nil {
+			return nil, fail(op, n.at.path, err)
+		}
+		if err := f.Truncate(*a.Size); err != nil {
+			f.Close()
+			return nil, fail(op, n.at.path, err)
+		}
+	}
+	if a.Mode != nil {
+		if err := s.root.Chmod(osPath(p), a.Mode.Perm()); err != nil {
+			return f, fail(op, n.at.path, err)
+		}
+	}
+	if a.ModTime != nil {
+		if err := s.root.Chtimes(osPath(p), time.Time{}, *a.ModTime); err != nil {
+			return f, fail(op, n.at.path, err)
+		}
+	}
+	if f == nil && (a.Mode != nil || a.ModTime != nil) {
+		// Open it to fsync the change. A node that cannot be read
+		// (mode 000 without privilege) is not synced, but still changed.
+		f, _ = s.openFile(p, os.O_RDONLY)
+		if f != nil {
+			if fi, err := f.Stat(); err != nil || !fi.IsDir() && !fi.Mode().IsRegular() {
+				f.Close()
+				f = nil
+			}
+		}
+	}
+	return f, nil
+}
+
+// info describes the entry name from what Lstat says of it.
+func info(name string, fi os.FileInfo) fs.Info {
+	i := fs.Info{
+		Name:    name,
+		Size:    fi.Size(),
+		Mode:    fi.Mode().Type() | fi.Mode().Perm(),
+		ModTime: fi.ModTime(),
+	}
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	i.ID = ino
+	i.Version = version(fi.ModTime(), fi.Size(), ino)
+	return i
+}
+
+// version is a hash of what changes when a file's content does: its
+// modification time and size, and its inode, which a rewrite replaces
+// (file times can be coarser than the writes that change them).
+func version(mtime time.Time, size int64, ino uint64) uint32 {
+	var b [24]byte
+	binary.LittleEndian.PutUint64(b[0:], uint64(mtime.UnixNano()))
+	binary.LittleEndian.PutUint64(b[8:], uint64(size))
+	binary.LittleEndian.PutUint64(b[16:], ino)
+	h := fnv.New32a()
+	h.Write(b[:])
+	return h.Sum32()
+}
