@@ -282,9 +282,10 @@ func readTversion(r *bufio.Reader) (tversion, error) {
 	tv := tversion{tag: tag, asked: asked}
 	var max uint32
 	switch {
-	case asked == "9P2000.L":
+	case asked == "9P2000.L" || strings.HasPrefix(asked, "9P2000.L."):
+		// "9P2000.L.Google.N" is hugelgupf/p9's versioned 9P2000.L.
 		tv.version, max = "9P2000.L", MaxMsizeL
-	case asked == "9P2000" || strings.HasPrefix(asked, "9P2000.") && asked != "9P2000.L" && !strings.HasPrefix(asked, "9P2000.L."):
+	case asked == "9P2000" || strings.HasPrefix(asked, "9P2000."):
 		// 9P2000.u and any other 9P2000 variant are answered as 9P2000.
 		tv.version, max = "9P2000", MaxMsize9P
 	default:

@@ -1,0 +1,69 @@
+// Command strata runs the tiers of a Strata hierarchy and talks to them.
+//
+//	strata serve store -listen ADDR -data DIR   serve a durable /store over 9P
+//
+// Every subcommand prints its flags with -h.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+type command struct {
+	name  string
+	usage string
+	run   func(ctx context.Context, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "serve store -listen ADDR -data DIR", serve},
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "strata:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "help" || args[0] == "--help" {
+		usage(os.Stderr)
+		if len(args) == 0 {
+			return fmt.Errorf("no command given")
+		}
+		return nil
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:])
+		}
+	}
+	usage(os.Stderr)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func usage(w *os.File) {
+	fmt.Fprintln(w, "usage: strata COMMAND [flags]")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  strata %s\n", c.usage)
+	}
+}
+
+// newLogger returns the process's logger: text on stderr at the given level.
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

@@ -1,0 +1,513 @@
+package remote
+
+import (
+	"context"
+	"io"
+	iofs "io/fs"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hugelgupf/p9/p9"
+
+	"strata/fs"
+)
+
+// node is a place in the remote tree.
+type node struct {
+	t    *Tree
+	path string // slash-separated from the root; "" is the root
+}
+
+func (n node) names(more ...string) []string {
+	var names []string
+	if n.path != "" {
+		names = strings.Split(n.path, "/")
+	}
+	return append(names, more...)
+}
+
+func (n node) child(name string) string {
+	if n.path == "" {
+		return name
+	}
+	return n.path + "/" + name
+}
+
+func baseName(p string) string { return p[strings.LastIndexByte(p, '/')+1:] }
+
+// walk returns a new fid for n's path (and more), with its attributes.
+// The caller clunks it.
+func (n node) walk(ctx context.Context, s *link, op string, more ...string) (p9.File, p9.QID, p9.AttrMask, p9.Attr, error) {
+	names := n.names(more...)
+	path := strings.Join(names, "/")
+	var (
+		f     p9.File
+		qids  []p9.QID
+		valid p9.AttrMask
+		attr  p9.Attr
+	)
+	err := s.step(ctx, op, path, func() error {
+		var err error
+		qids, f, valid, attr, err = s.root.WalkGetAttr(names)
+		return err
+	})
+	if err != nil {
+		return nil, p9.QID{}, p9.AttrMask{}, p9.Attr{}, err
+	}
+	var qid p9.QID
+	if len(qids) > 0 {
+		qid = qids[len(qids)-1]
+	}
+	return f, qid, valid, attr, nil
+}
+
+// clunk drops a fid that was walked for one operation.
+func clunk(ctx context.Context, s *link, f p9.File) {
+	s.step(context.WithoutCancel(ctx), "clunk", "", f.Close)
+}
+
+// do runs fn on a fresh fid for n (walked and clunked around it).
+func (n node) do(ctx context.Context, op string, fn func(s *link, f p9.File) error) error {
+	s, err := n.t.use(ctx, op, n.path)
+	if err != nil {
+		return err
+	}
+	f, _, _, _, err := n.walk(ctx, s, op)
+	if err != nil {
+		return err
+	}
+	defer clunk(ctx, s, f)
+	return fn(s, f)
+}
+
+func infoOf(name string, qid p9.QID, valid p9.AttrMask, a p9.Attr) fs.Info {
+	info := fs.Info{
+		Name:    name,
+		Mode:    a.Mode.OSMode(),
+		ModTime: time.Unix(int64(a.MTimeSeconds), int64(a.MTimeNanoSeconds)),
+		ID:      qid.Path,
+		Version: qid.Version,
+	}
+	switch {
+	case valid.Size:
+		info.Size = int64(a.Size)
+	case !info.IsDir():
+		// The server does not know the size: a ctl or answer file.
+		info.Stream = true
+	}
+	return info
+}
+
+// Stat implements fs.Node.
+func (n node) Stat(ctx context.Context) (fs.Info, error) {
+	s, err := n.t.use(ctx, "stat", n.path)
+	if err != nil {
+		return fs.Info{}, err
+	}
+	if n.path == "" {
+		var (
+			qid   p9.QID
+			valid p9.AttrMask
+			attr  p9.Attr
+		)
+		err := s.step(ctx, "stat", "", func() error {
+			var err error
+			qid, valid, attr, err = s.root.GetAttr(p9.AttrMaskAll)
+			return err
+		})
+		return infoOf("", qid, valid, attr), err
+	}
+	f, qid, valid, attr, err := n.walk(ctx, s, "stat")
+	if err != nil {
+		return fs.Info{}, err
+	}
+	clunk(ctx, s, f)
+	return infoOf(baseName(n.path), qid, valid, attr), nil
+}
+
+// SetAttr implements fs.Node.
+func (n node) SetAttr(ctx context.Context, a fs.Attr) error {
+	var mask p9.SetAttrMask
+	var attr p9.SetAttr
+	if a.Size != nil {
+		if *a.Size < 0 {
+			return &fs.Error{Op: "setattr", Path: n.path, Kind: fs.Invalid}
+		}
+		mask.Size, attr.Size = true, uint64(*a.Size)
+	}
+	if a.Mode != nil {
+		mask.Permissions, attr.Permissions = true, p9.FileMode(a.Mode.Perm())
+	}
+	if a.ModTime != nil {
+		mask.MTime, mask.MTimeNotSystemTime = true, true
+		attr.MTimeSeconds, attr.MTimeNanoSeconds = uint64(a.ModTime.Unix()), uint64(a.ModTime.Nanosecond())
+	}
+	if mask.Empty() {
+		return nil
+	}
+	return n.do(ctx, "setattr", func(s *link, f p9.File) error {
+		return s.step(ctx, "setattr", n.path, func() error { return f.SetAttr(mask, attr) })
+	})
+}
+
+type dir struct{ node }
+
+type file struct{ node }
+
+var (
+	_ fs.Dir  = (*dir)(nil)
+	_ fs.File = (*file)(nil)
+)
+
+// Lookup implements fs.Dir.
+func (d *dir) Lookup(ctx context.Context, name string) (fs.Node, error) {
+	if err := fs.CheckName("lookup", name); err != nil {
+		return nil, err
+	}
+	s, err := d.t.use(ctx, "lookup", d.child(name))
+	if err != nil {
+		return nil, err
+	}
+	f, _, _, attr, err := d.walk(ctx, s, "lookup", name)
+	if err != nil {
+		return nil, err
+	}
+	clunk(ctx, s, f)
+	c := node{t: d.t, path: d.child(name)}
+	if attr.Mode.IsDir() {
+		return &dir{c}, nil
+	}
+	return &file{c}, nil
+}
+
+// statParallel bounds the attribute requests ReadDir has in flight.
+const statParallel = 16
+
+// ReadDir implements fs.Dir: it reads the names, then asks for each
+// entry's attributes (several at a time). An entry removed in between is
+// left out.
+func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
+	var infos []fs.Info
+	err := d.do(ctx, "readdir", func(s *link, f p9.File) error {
+		if err := s.step(ctx, "readdir", d.path, func() error {
+			_, _, err := f.Open(p9.ReadOnly)
+			return err
+		}); err != nil {
+			return err
+		}
+		var names []string
+		for off := uint64(0); ; {
+			var ents p9.Dirents
+			if err := s.step(ctx, "readdir", d.path, func() error {
+				var err error
+				ents, err = f.Readdir(off, uint32(s.payload))
+				return err
+			}); err != nil {
+				return err
+			}
+			if len(ents) == 0 {
+				break
+			}
+			for _, e := range ents {
+				if e.Name != "." && e.Name != ".." {
+					names = append(names, e.Name)
+				}
+				off = e.Offset
+			}
+		}
+
+		infos = make([]fs.Info, len(names))
+		found := make([]bool, len(names))
+		var (
+			wg       sync.WaitGroup
+			mu       sync.Mutex
+			firstErr error
+			next     atomic.Int64
+		)
+		for range min(statParallel, len(names)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := int(next.Add(1) - 1); i < len(names); i = int(next.Add(1) - 1) {
+					var (
+						c     p9.File
+						qids  []p9.QID
+						valid p9.AttrMask
+						attr  p9.Attr
+					)
+					err := s.step(ctx, "readdir", d.child(names[i]), func() error {
+						var err error
+						qids, c, valid, attr, err = f.WalkGetAttr(names[i : i+1])
+						return err
+					})
+					if fs.KindOf(err) == fs.NotExist {
+						continue
+					}
+					if err != nil {
+						mu.Lock()
+						firstErr = cmpOr(firstErr, err)
+						mu.Unlock()
+						return
+					}
+					clunk(ctx, s, c)
+					infos[i] = infoOf(names[i], qids[len(qids)-1], valid, attr)
+					found[i] = true
+				}
+			}()
+		}
+		wg.Wait()
+		if firstErr != nil {
+			return firstErr
+		}
+		kept := infos[:0]
+		for i, info := range infos {
+			if found[i] {
+				kept = append(kept, info)
+			}
+		}
+		infos = kept
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(infos, func(a, b fs.Info) int { return strings.Compare(a.Name, b.Name) })
+	return infos, nil
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// Linux open(2) and unlinkat(2) flags, as 9P2000.L carries them.
+const (
+	lOWRONLY     = 0o1
+	lORDWR       = 0o2
+	lOCREAT      = 0o100
+	lOEXCL       = 0o200
+	lOTRUNC      = 0o1000
+	lOAPPEND     = 0o2000
+	lATREMOVEDIR = 0x200
+)
+
+func openFlags(fl fs.Flag) p9.OpenFlags {
+	var o p9.OpenFlags
+	switch fl.Access() {
+	case fs.WriteOnly:
+		o = lOWRONLY
+	case fs.ReadWrite:
+		o = lORDWR
+	}
+	if fl.Has(fs.Truncate) {
+		o |= lOTRUNC
+	}
+	if fl.Has(fs.Append) {
+		o |= lOAPPEND
+	}
+	if fl.Has(fs.Excl) {
+		o |= lOEXCL
+	}
+	return o
+}
+
+// Create implements fs.Dir.
+func (d *dir) Create(ctx context.Context, name string, flag fs.Flag, perm iofs.FileMode) (fs.File, fs.Handle, error) {
+	if err := fs.CheckName("create", name); err != nil {
+		return nil, nil, err
+	}
+	s, err := d.t.use(ctx, "create", d.child(name))
+	if err != nil {
+		return nil, nil, err
+	}
+	f, _, _, _, err := d.walk(ctx, s, "create")
+	if err != nil {
+		return nil, nil, err
+	}
+	p := d.child(name)
+	err = s.step(ctx, "create", p, func() error {
+		// On success f becomes the new, open file.
+		_, _, _, err := f.Create(name, openFlags(flag)|lOCREAT, p9.FileMode(perm.Perm()), p9.NoUID, p9.NoGID)
+		return err
+	})
+	if err != nil {
+		clunk(ctx, s, f)
+		return nil, nil, err
+	}
+	return &file{node{t: d.t, path: p}}, &handle{s: s, f: f, path: p}, nil
+}
+
+// Mkdir implements fs.Dir.
+func (d *dir) Mkdir(ctx context.Context, name string, perm iofs.FileMode) (fs.Dir, error) {
+	if err := fs.CheckName("mkdir", name); err != nil {
+		return nil, err
+	}
+	p := d.child(name)
+	err := d.do(ctx, "mkdir", func(s *link, f p9.File) error {
+		return s.step(ctx, "mkdir", p, func() error {
+			_, err := f.Mkdir(name, p9.FileMode(perm.Perm()), p9.NoUID, p9.NoGID)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &dir{node{t: d.t, path: p}}, nil
+}
+
+// Remove implements fs.Dir. 9P2000.L says whether a directory is meant;
+// a file is tried first, a directory if the server says it is one.
+func (d *dir) Remove(ctx context.Context, name string) error {
+	if err := fs.CheckName("remove", name); err != nil {
+		return err
+	}
+	p := d.child(name)
+	return d.do(ctx, "remove", func(s *link, f p9.File) error {
+		err := s.step(ctx, "remove", p, func() error { return f.UnlinkAt(name, 0) })
+		if fs.KindOf(err) == fs.IsDir {
+			err = s.step(ctx, "remove", p, func() error { return f.UnlinkAt(name, lATREMOVEDIR) })
+		}
+		return err
+	})
+}
+
+// Rename implements fs.Dir.
+func (d *dir) Rename(ctx context.Context, oldName string, newDir fs.Dir, newName string) error {
+	p := d.child(oldName)
+	for _, name := range []string{oldName, newName} {
+		if err := fs.CheckName("rename", name); err != nil {
+			return err
+		}
+	}
+	nd, ok := newDir.(*dir)
+	if !ok || nd.t != d.t {
+		return &fs.Error{Op: "rename", Path: p, Kind: fs.CrossDevice}
+	}
+	return d.do(ctx, "rename", func(s *link, f p9.File) error {
+		g, _, _, _, err := nd.walk(ctx, s, "rename")
+		if err != nil {
+			return err
+		}
+		defer clunk(ctx, s, g)
+		return s.step(ctx, "rename", p, func() error { return f.RenameAt(oldName, g, newName) })
+	})
+}
+
+// Open implements fs.File.
+func (fl *file) Open(ctx context.Context, flag fs.Flag) (fs.Handle, error) {
+	s, err := fl.t.use(ctx, "open", fl.path)
+	if err != nil {
+		return nil, err
+	}
+	f, _, _, _, err := fl.walk(ctx, s, "open")
+	if err != nil {
+		return nil, err
+	}
+	err = s.step(ctx, "open", fl.path, func() error {
+		_, _, err := f.Open(openFlags(flag))
+		return err
+	})
+	if err != nil {
+		clunk(ctx, s, f)
+		return nil, err
+	}
+	return &handle{s: s, f: f, path: fl.path}, nil
+}
+
+// handle is an open fid. It belongs to the link that opened it: after a
+// reconnection its calls fail and the file must be opened again.
+type handle struct {
+	s      *link
+	f      p9.File
+	path   string
+	closed atomic.Bool
+}
+
+var _ fs.Handle = (*handle)(nil)
+
+func (h *handle) check(op string) error {
+	if h.closed.Load() {
+		return &fs.Error{Op: op, Path: h.path, Kind: fs.BadHandle, Err: iofs.ErrClosed}
+	}
+	return nil
+}
+
+// ReadAt implements fs.Handle: one Tread per step, each with its deadline.
+func (h *handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := h.check("read"); err != nil {
+		return 0, err
+	}
+	if off < 0 {
+		return 0, &fs.Error{Op: "read", Path: h.path, Kind: fs.Invalid}
+	}
+	done := 0
+	for done < len(p) {
+		chunk := p[done:min(len(p), done+h.s.payload)]
+		var n int
+		err := h.s.step(ctx, "read", h.path, func() error {
+			var err error
+			n, err = h.f.ReadAt(chunk, off+int64(done))
+			return err
+		})
+		done += n
+		if err != nil {
+			return done, err // io.EOF included
+		}
+		if n == 0 {
+			return done, io.EOF
+		}
+		// A short read is not the end: a Stream file may give more.
+	}
+	return done, nil
+}
+
+// WriteAt implements fs.Handle: one Twrite per step, each with its
+// deadline.
+func (h *handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if err := h.check("write"); err != nil {
+		return 0, err
+	}
+	if off < 0 {
+		return 0, &fs.Error{Op: "write", Path: h.path, Kind: fs.Invalid}
+	}
+	done := 0
+	for done < len(p) {
+		chunk := p[done:min(len(p), done+h.s.payload)]
+		var n int
+		err := h.s.step(ctx, "write", h.path, func() error {
+			var err error
+			n, err = h.f.WriteAt(chunk, off+int64(done))
+			return err
+		})
+		done += n
+		if err != nil {
+			return done, err
+		}
+		if n == 0 {
+			return done, &fs.Error{Op: "write", Path: h.path, Kind: fs.IO, Err: io.ErrShortWrite}
+		}
+	}
+	return done, nil
+}
+
+// Sync implements fs.Handle.
+func (h *handle) Sync(ctx context.Context) error {
+	if err := h.check("sync"); err != nil {
+		return err
+	}
+	return h.s.step(ctx, "sync", h.path, h.f.FSync)
+}
+
+// Close implements fs.Handle. The server's answer to the clunk says
+// whether what was written is acknowledged.
+func (h *handle) Close(ctx context.Context) error {
+	if !h.closed.CompareAndSwap(false, true) {
+		return &fs.Error{Op: "close", Path: h.path, Kind: fs.BadHandle, Err: iofs.ErrClosed}
+	}
+	return h.s.step(ctx, "close", h.path, h.f.Close)
+}
