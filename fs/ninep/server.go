@@ -37,6 +37,9 @@ const (
 	DefaultMaxOutstanding = 1024
 	// DefaultHandshakeTimeout bounds the wait for the first message.
 	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultWriteTimeout bounds how long a reply may make no progress
+	// before the connection is dropped (a peer that stops reading).
+	DefaultWriteTimeout = 30 * time.Second
 
 	maxVersionFrame = 4 + 1 + 2 + 4 + 2 + 64 // a Tversion with a version string of up to 64 bytes
 )
@@ -63,6 +66,9 @@ type Server struct {
 	// HandshakeTimeout bounds the wait for the Tversion
 	// (DefaultHandshakeTimeout if zero).
 	HandshakeTimeout time.Duration
+	// WriteTimeout bounds how long writing a reply may make no progress
+	// (DefaultWriteTimeout if zero); past it the connection is closed.
+	WriteTimeout time.Duration
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -231,6 +237,11 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		return err
 	}
 	c.SetReadDeadline(time.Time{})
+	wt := s.WriteTimeout
+	if wt <= 0 {
+		wt = DefaultWriteTimeout
+	}
+	c = progressConn{Conn: c, timeout: wt}
 	log = log.With("dialect", tv.version, "msize", tv.msize)
 	log.Debug("9P connection", "asked", tv.asked)
 	switch tv.version {
@@ -239,6 +250,30 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	default:
 		return s.serve9P2000(ctx, c, r, tv, log)
 	}
+}
+
+// progressConn fails a write that makes no progress for timeout: each
+// piece of a large write gets a fresh deadline, so a slow but live reader
+// is served and a reader that stopped is dropped.
+type progressConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+const progressPiece = 256 << 10
+
+func (c progressConn) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, progressPiece)
+		c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		m, err := c.Conn.Write(p[done : done+n])
+		done += m
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
 }
 
 // refusal is a first message the router will not serve: reply is sent,

@@ -49,6 +49,8 @@ func BenchmarkRead64MiB(b *testing.B) {
 			}
 		}
 	})
+	b.Run("local", func(b *testing.B) { benchLocalRead(b, root) })
+	b.Run("9p2000", func(b *testing.B) { bench9P2000Read(b, addr) })
 	b.Run("tree", func(b *testing.B) {
 		tr := dial(b, addr, Options{})
 		n, err := tr.Root().Lookup(ctx, "big")
@@ -105,6 +107,8 @@ func BenchmarkWrite64MiB(b *testing.B) {
 			}
 		}
 	})
+	b.Run("local", func(b *testing.B) { benchLocalWrite(b, root) })
+	b.Run("9p2000", func(b *testing.B) { bench9P2000Write(b, addr) })
 	b.Run("tree", func(b *testing.B) {
 		tr := dial(b, addr, Options{})
 		b.SetBytes(benchSize)

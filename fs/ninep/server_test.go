@@ -1,0 +1,52 @@
+package ninep
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"9fans.net/go/plan9"
+)
+
+// A peer that sends requests but never reads the replies is dropped once
+// the replies make no progress for WriteTimeout, and its connection's
+// goroutines end.
+func TestStalledReaderIsDropped(t *testing.T) {
+	var srv *Server
+	root := plan9TestTree(t, map[string]string{"big": strings.Repeat("x", 1<<20)})
+	addr := plan9Serve(t, root, func(s *Server) {
+		s.WriteTimeout = 300 * time.Millisecond
+		srv = s
+	})
+	rc := plan9DialVersion(t, addr, MaxMsize9P)
+	rc.ok(&plan9.Fcall{Type: plan9.Tattach, Tag: 1, Fid: 0, Afid: plan9.NOFID, Uname: "tester"})
+	rc.ok(&plan9.Fcall{Type: plan9.Twalk, Tag: 1, Fid: 0, Newfid: 1, Wname: []string{"big"}})
+	rc.ok(&plan9.Fcall{Type: plan9.Topen, Tag: 1, Fid: 1, Mode: plan9.OREAD})
+	conns := func() int {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.conns)
+	}
+	if conns() != 1 {
+		t.Fatalf("%d connections tracked, want 1", conns())
+	}
+	// About 200 MB of replies that nobody reads: more than any socket
+	// buffers hold. Sending stops when the server drops us.
+	for i := range 3000 {
+		if err := rc.trySend(&plan9.Fcall{Type: plan9.Tread, Tag: uint16(i + 2), Fid: 1, Count: MaxMsize9P - 24}); err != nil {
+			break
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for conns() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stalled connection is still served after 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The server still serves others.
+	_, fsys := plan9Mount(t, addr, "other")
+	if _, err := fsys.Stat("big"); err != nil {
+		t.Fatalf("stat after the drop: %v", err)
+	}
+}
