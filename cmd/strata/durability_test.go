@@ -44,7 +44,26 @@ var buildStrata = sync.OnceValues(func() (string, error) {
 type server struct {
 	cmd  *exec.Cmd
 	addr string
-	logs *bytes.Buffer
+	logs *logBuffer
+	eof  chan struct{} // closed when the process's stderr ends
+}
+
+// logBuffer collects a process's log lines for test failures.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) WriteString(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.WriteString(s)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 var listenRE = regexp.MustCompile(`listen=(\S+)`)
@@ -63,7 +82,7 @@ func startServer(t *testing.T, data string) *server {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{cmd: cmd, logs: new(bytes.Buffer)}
+	s := &server{cmd: cmd, logs: new(logBuffer), eof: make(chan struct{})}
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -78,6 +97,7 @@ func startServer(t *testing.T, data string) *server {
 			}
 		}
 		close(addr)
+		close(s.eof)
 	}()
 	select {
 	case a, ok := <-addr:
