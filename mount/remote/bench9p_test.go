@@ -75,10 +75,10 @@ func bench9P2000Write(b *testing.B, addr string) {
 	}
 }
 
-// benchLocalRead reads the file through the store's own Handle: the floor
-// under every 9P number.
-func benchLocalRead(b *testing.B, root fs.Dir) {
-	n, err := root.Lookup(ctx, "big")
+// benchTreeRead reads name through a tree's Handles: the store's own
+// (the floor under every 9P number) or a remote view's.
+func benchTreeRead(b *testing.B, root fs.Dir, name string) {
+	n, err := root.Lookup(ctx, name)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -101,14 +101,14 @@ func benchLocalRead(b *testing.B, root fs.Dir) {
 	}
 }
 
-// benchLocalWrite writes and closes (fsyncs) the file through the store's
-// own Handle: the disk's limit for the write rows.
-func benchLocalWrite(b *testing.B, root fs.Dir) {
+// benchTreeWrite writes and closes (acknowledges, so fsyncs) name through
+// a tree's Handles; through the store's own it is the disk's limit.
+func benchTreeWrite(b *testing.B, root fs.Dir, name string) {
 	data := make([]byte, benchChunk)
 	b.SetBytes(benchSize)
 	b.ResetTimer()
 	for range b.N {
-		_, h, err := root.Create(ctx, "wl", fs.WriteOnly|fs.Truncate, 0o644)
+		_, h, err := root.Create(ctx, name, fs.WriteOnly|fs.Truncate, 0o644)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/hugelgupf/p9/p9"
 
-	"strata/fs"
 	"strata/fs/ninep"
 )
 
@@ -49,32 +48,9 @@ func BenchmarkRead64MiB(b *testing.B) {
 			}
 		}
 	})
-	b.Run("local", func(b *testing.B) { benchLocalRead(b, root) })
+	b.Run("local", func(b *testing.B) { benchTreeRead(b, root, "big") })
 	b.Run("9p2000", func(b *testing.B) { bench9P2000Read(b, addr) })
-	b.Run("tree", func(b *testing.B) {
-		tr := dial(b, addr, Options{})
-		n, err := tr.Root().Lookup(ctx, "big")
-		if err != nil {
-			b.Fatal(err)
-		}
-		h, err := n.(fs.File).Open(ctx, fs.ReadOnly)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer h.Close(ctx)
-		buf := make([]byte, benchChunk)
-		b.SetBytes(benchSize)
-		b.ResetTimer()
-		for range b.N {
-			for off := int64(0); off < benchSize; {
-				n, err := h.ReadAt(ctx, buf, off)
-				if err != nil && err != io.EOF {
-					b.Fatal(err)
-				}
-				off += int64(n)
-			}
-		}
-	})
+	b.Run("tree", func(b *testing.B) { benchTreeRead(b, dial(b, addr, Options{}).Root(), "big") })
 }
 
 // BenchmarkWrite64MiB writes the file and closes it; the close
@@ -107,27 +83,9 @@ func BenchmarkWrite64MiB(b *testing.B) {
 			}
 		}
 	})
-	b.Run("local", func(b *testing.B) { benchLocalWrite(b, root) })
+	b.Run("local", func(b *testing.B) { benchTreeWrite(b, root, "wl") })
 	b.Run("9p2000", func(b *testing.B) { bench9P2000Write(b, addr) })
-	b.Run("tree", func(b *testing.B) {
-		tr := dial(b, addr, Options{})
-		b.SetBytes(benchSize)
-		b.ResetTimer()
-		for range b.N {
-			_, h, err := tr.Root().Create(ctx, "w", fs.WriteOnly|fs.Truncate, 0o644)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for off := 0; off < benchSize; off += len(data) {
-				if _, err := h.WriteAt(ctx, data[:min(len(data), benchSize-off)], int64(off)); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := h.Close(ctx); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	b.Run("tree", func(b *testing.B) { benchTreeWrite(b, dial(b, addr, Options{}).Root(), "w") })
 }
 
 // rawTCP moves benchSize bytes over a loopback connection per iteration,
