@@ -85,7 +85,7 @@ func Walk(ctx context.Context, d Dir, p string) (Node, error) {
 		if !ok {
 			return nil, &Error{Op: "walk", Path: walked, Kind: NotDir}
 		}
-		walked = joinPath(walked, name)
+		walked = Join(walked, name)
 		c, err := dir.Lookup(ctx, name)
 		if err != nil {
 			return nil, WithPath(err, "walk", walked)
@@ -93,11 +93,4 @@ func Walk(ctx context.Context, d Dir, p string) (Node, error) {
 		n = c
 	}
 	return n, nil
-}
-
-func joinPath(dir, name string) string {
-	if dir == "" {
-		return name
-	}
-	return dir + "/" + name
 }

@@ -192,6 +192,15 @@ func (l *linuxClient) put(name string, data []byte) error {
 		dir.Close()
 		return err
 	}
+	return writeAndClose(f, data)
+}
+
+// writeAndClose writes data from offset 0 and closes: the close's answer
+// is the acknowledgement.
+func writeAndClose(f interface {
+	io.WriterAt
+	io.Closer
+}, data []byte) error {
 	for off := 0; off < len(data); {
 		n, err := f.WriteAt(data[off:], int64(off))
 		if err != nil {
@@ -282,15 +291,7 @@ func (p *plan9Client) put(name string, data []byte) error {
 			return err
 		}
 	}
-	for off := 0; off < len(data); {
-		n, err := f.WriteAt(data[off:], int64(off))
-		if err != nil {
-			f.Close()
-			return err
-		}
-		off += n
-	}
-	return f.Close()
+	return writeAndClose(f, data)
 }
 
 func (p *plan9Client) get(name string) ([]byte, error) {

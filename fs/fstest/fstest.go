@@ -65,13 +65,6 @@ func (c *checker) errorf(format string, args ...any) {
 	c.errs = append(c.errs, fmt.Sprintf(format, args...))
 }
 
-func join(dir, name string) string {
-	if dir == "" {
-		return name
-	}
-	return dir + "/" + name
-}
-
 func show(p string) string {
 	if p == "" {
 		return "/"
@@ -110,7 +103,7 @@ func (c *checker) walk(p string, d fs.Dir, depth int) {
 	prev := ""
 	for i, e := range list {
 		c.seen++
-		cp := join(p, e.Name)
+		cp := fs.Join(p, e.Name)
 		if err := fs.CheckName("readdir", e.Name); err != nil {
 			c.errorf("readdir %s: entry %d has a bad name %q", show(p), i, e.Name)
 			continue
@@ -199,7 +192,7 @@ func (c *checker) read(p string, f fs.File, info fs.Info) {
 	if info.Stream {
 		return // a stream's content may change from read to read
 	}
-	if !info.Stream && int64(len(whole)) != info.Size && info.Size <= maxRead {
+	if int64(len(whole)) != info.Size && info.Size <= maxRead {
 		c.errorf("read %s: read %d bytes, stat says %d", p, len(whole), info.Size)
 	}
 	small, err := readAll(c.ctx, h, 7)

@@ -257,14 +257,12 @@ func (d *dir) Rename(_ context.Context, oldName string, newDir fs.Dir, newName s
 	}
 	switch dst := nd.kids[newName].(type) {
 	case *dir:
-		sd, isDir := src.(*dir)
-		if !isDir {
+		if _, isDir := src.(*dir); !isDir {
 			return &fs.Error{Op: "rename", Path: nd.child(newName), Kind: fs.IsDir}
 		}
 		if len(dst.kids) > 0 {
 			return &fs.Error{Op: "rename", Path: nd.child(newName), Kind: fs.NotEmpty}
 		}
-		_ = sd
 		dst.removed = true
 	case *file:
 		if _, isDir := src.(*dir); isDir {

@@ -27,15 +27,10 @@ func (s *Server) serve9P2000L(ctx context.Context, c net.Conn, r *bufio.Reader, 
 	defer cancel(nil)
 
 	lc := &lconn{
-		attach: func(ctx context.Context) (fs.Dir, error) {
-			if s.Attach == nil {
-				return nil, &fs.Error{Op: "attach", Kind: fs.Unavailable, Err: errors.New("server has no tree")}
-			}
-			return s.Attach(ctx, c)
-		},
-		ctx:  ctx,
-		cctx: context.WithoutCancel(ctx),
-		log:  log,
+		attach: func(ctx context.Context) (fs.Dir, error) { return s.attach(ctx, c) },
+		ctx:    ctx,
+		cctx:   context.WithoutCancel(ctx),
+		log:    log,
 	}
 	w := newLWriter(c, s.maxOutstanding())
 	w.outstanding = 1 // the replayed Tversion

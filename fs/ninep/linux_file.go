@@ -3,7 +3,6 @@ package ninep
 import (
 	"context"
 	"errors"
-	"hash/fnv"
 	"io"
 	iofs "io/fs"
 	"log/slog"
@@ -89,20 +88,11 @@ func (f *lfile) where() (fs.Node, string) {
 	return f.node, f.path
 }
 
-func ljoin(dir, name string) string {
-	if dir == "" {
-		return name
-	}
-	return dir + "/" + name
-}
-
 // lqid is the qid of a node: its ID, or a hash of its path if it has none.
 func lqid(info fs.Info, path string) p9.QID {
 	q := p9.QID{Type: p9.ModeFromOS(info.Mode).QIDType(), Version: info.Version, Path: info.ID}
 	if q.Path == 0 {
-		h := fnv.New64a()
-		io.WriteString(h, "/"+path)
-		q.Path = h.Sum64()
+		q.Path = fs.PathID(path)
 	}
 	return q
 }
@@ -176,7 +166,7 @@ func (f *lfile) walk(names []string, getattr bool) ([]p9.QID, p9.File, p9.AttrMa
 		if !ok {
 			return nil, nil, p9.AttrMask{}, p9.Attr{}, f.lc.fail("walk", path, &fs.Error{Op: "walk", Path: path, Kind: fs.NotDir})
 		}
-		path = ljoin(path, name)
+		path = fs.Join(path, name)
 		c, err := d.Lookup(f.lc.ctx, name)
 		if err != nil {
 			return nil, nil, p9.AttrMask{}, p9.Attr{}, f.lc.fail("walk", path, err)
@@ -390,7 +380,7 @@ func (f *lfile) Create(name string, flags p9.OpenFlags, perm p9.FileMode, _ p9.U
 	if err := fs.CheckName("create", name); err != nil {
 		return nil, p9.QID{}, 0, f.lc.fail("create", path, err)
 	}
-	p := ljoin(path, name)
+	p := fs.Join(path, name)
 	nf, h, err := d.Create(f.lc.ctx, name, lflag(flags)|fs.CreateNew, iofs.FileMode(perm.Permissions()).Perm())
 	if err != nil {
 		return nil, p9.QID{}, 0, f.lc.fail("create", p, err)
@@ -412,7 +402,7 @@ func (f *lfile) Mkdir(name string, perm p9.FileMode, _ p9.UID, _ p9.GID) (p9.QID
 	if err := fs.CheckName("mkdir", name); err != nil {
 		return p9.QID{}, f.lc.fail("mkdir", path, err)
 	}
-	p := ljoin(path, name)
+	p := fs.Join(path, name)
 	nd, err := d.Mkdir(f.lc.ctx, name, iofs.FileMode(perm.Permissions()).Perm())
 	if err != nil {
 		return p9.QID{}, f.lc.fail("mkdir", p, err)
@@ -427,17 +417,17 @@ func (f *lfile) Mkdir(name string, perm p9.FileMode, _ p9.UID, _ p9.GID) (p9.QID
 // Symlink, Link and Mknod: the tree has only files and directories.
 func (f *lfile) Symlink(_, name string, _ p9.UID, _ p9.GID) (p9.QID, error) {
 	_, path := f.where()
-	return p9.QID{}, f.lc.fail("symlink", ljoin(path, name), &fs.Error{Op: "symlink", Kind: fs.Unsupported})
+	return p9.QID{}, f.lc.fail("symlink", fs.Join(path, name), &fs.Error{Op: "symlink", Kind: fs.Unsupported})
 }
 
 func (f *lfile) Link(_ p9.File, name string) error {
 	_, path := f.where()
-	return f.lc.fail("link", ljoin(path, name), &fs.Error{Op: "link", Kind: fs.Unsupported})
+	return f.lc.fail("link", fs.Join(path, name), &fs.Error{Op: "link", Kind: fs.Unsupported})
 }
 
 func (f *lfile) Mknod(name string, _ p9.FileMode, _, _ uint32, _ p9.UID, _ p9.GID) (p9.QID, error) {
 	_, path := f.where()
-	return p9.QID{}, f.lc.fail("mknod", ljoin(path, name), &fs.Error{Op: "mknod", Kind: fs.Unsupported})
+	return p9.QID{}, f.lc.fail("mknod", fs.Join(path, name), &fs.Error{Op: "mknod", Kind: fs.Unsupported})
 }
 
 // RenameAt implements p9.File.
@@ -446,7 +436,7 @@ func (f *lfile) RenameAt(oldName string, newDir p9.File, newName string) error {
 	if err != nil {
 		return err
 	}
-	old := ljoin(path, oldName)
+	old := fs.Join(path, oldName)
 	for _, name := range []string{oldName, newName} {
 		if err := fs.CheckName("rename", name); err != nil {
 			return f.lc.fail("rename", old, err)
@@ -479,7 +469,7 @@ func (f *lfile) Renamed(newDir p9.File, newName string) {
 		return
 	}
 	dn, dpath := nd.where()
-	p := ljoin(dpath, newName)
+	p := fs.Join(dpath, newName)
 	var fresh fs.Node
 	if d, ok := dn.(fs.Dir); ok {
 		if n, err := d.Lookup(f.lc.ctx, newName); err == nil {
@@ -504,7 +494,7 @@ func (f *lfile) UnlinkAt(name string, flags uint32) error {
 	if err != nil {
 		return err
 	}
-	p := ljoin(path, name)
+	p := fs.Join(path, name)
 	if err := fs.CheckName("remove", name); err != nil {
 		return f.lc.fail("remove", p, err)
 	}
@@ -557,7 +547,7 @@ func (f *lfile) Readdir(offset uint64, count uint32) (p9.Dirents, error) {
 		if budget < 0 {
 			break
 		}
-		q := lqid(e, ljoin(path, e.Name))
+		q := lqid(e, fs.Join(path, e.Name))
 		out = append(out, p9.Dirent{QID: q, Offset: i + 1, Type: q.Type, Name: e.Name})
 	}
 	return out, nil

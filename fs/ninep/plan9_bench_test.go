@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"9fans.net/go/plan9"
+	"9fans.net/go/plan9/client"
 
 	"strata/fs"
 )
@@ -59,11 +60,12 @@ func BenchmarkPlan9(b *testing.B) {
 		}
 	})
 
-	b.Run("9fans/write-discard", func(b *testing.B) {
+	// write opens a file with open, writes plan9BenchSize bytes and closes it.
+	write := func(b *testing.B, open func(*client.Fsys) (*client.Fid, error)) {
 		_, fsys := plan9Mount(b, addr, "bench")
 		b.SetBytes(plan9BenchSize)
 		for b.Loop() {
-			fid, err := fsys.Open("null", plan9.OWRITE)
+			fid, err := open(fsys)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -76,27 +78,18 @@ func BenchmarkPlan9(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	}
+	b.Run("9fans/write-discard", func(b *testing.B) {
+		write(b, func(fsys *client.Fsys) (*client.Fid, error) { return fsys.Open("null", plan9.OWRITE) })
 	})
-
 	b.Run("9fans/write-memfs", func(b *testing.B) {
-		_, fsys := plan9Mount(b, addr, "bench")
-		b.SetBytes(plan9BenchSize)
-		for b.Loop() {
+		write(b, func(fsys *client.Fsys) (*client.Fid, error) {
 			fid, err := fsys.Create("out", plan9.OWRITE, 0o644)
 			if err != nil {
-				if fid, err = fsys.Open("out", plan9.OWRITE|plan9.OTRUNC); err != nil {
-					b.Fatal(err)
-				}
+				fid, err = fsys.Open("out", plan9.OWRITE|plan9.OTRUNC)
 			}
-			for range plan9BenchSize / len(chunk) {
-				if _, err := fid.Write(chunk); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := fid.Close(); err != nil {
-				b.Fatal(err)
-			}
-		}
+			return fid, err
+		})
 	})
 
 	b.Run("9fans/read-memfs", func(b *testing.B) {

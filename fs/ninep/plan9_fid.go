@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	iofs "io/fs"
 	"slices"
 	"strings"
@@ -64,14 +63,10 @@ func (f *plan9Fid) childPath(name string) string {
 }
 
 func plan9Join(prefix string, names ...string) string {
-	p := strings.Join(names, "/")
-	switch {
-	case prefix == "":
-		return p
-	case p == "":
+	if len(names) == 0 {
 		return prefix
 	}
-	return prefix + "/" + p
+	return fs.Join(prefix, strings.Join(names, "/"))
 }
 
 // release ends the fid: the handle is closed (its error is the client's
@@ -195,13 +190,7 @@ func plan9Mode(m iofs.FileMode) uint32 {
 func (a *plan9Attach) qid(path []string, info fs.Info) proto.Qid {
 	id := info.ID
 	if id == 0 {
-		h := fnv.New64a()
-		h.Write([]byte(a.prefix))
-		for _, p := range path {
-			h.Write([]byte{'/'})
-			h.Write([]byte(p))
-		}
-		id = h.Sum64()
+		id = fs.PathID(plan9Join(a.prefix, path...))
 	}
 	return proto.Qid{Qtype: uint8(plan9Mode(info.Mode) >> 24), Vers: info.Version, Uid: id}
 }

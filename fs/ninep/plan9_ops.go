@@ -92,10 +92,7 @@ func (cn *plan9Conn) attach(req *plan9Req, m *proto.TAttach, nf *plan9Fid) error
 		}
 		names = append(names, n)
 	}
-	if cn.srv.Attach == nil {
-		return &fs.Error{Op: "attach", Kind: fs.Unavailable, Err: errors.New("server has no tree")}
-	}
-	root, err := cn.srv.Attach(req.ctx, cn.nc)
+	root, err := cn.srv.attach(req.ctx, cn.nc)
 	if err != nil {
 		return err
 	}

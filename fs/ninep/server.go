@@ -99,6 +99,18 @@ func (s *Server) maxOutstanding() int {
 	return s.MaxOutstanding
 }
 
+// attach returns the tree that the connection c sees: Attach is given the
+// connection as accepted, so that it can tell who the peer is.
+func (s *Server) attach(ctx context.Context, c net.Conn) (fs.Dir, error) {
+	if pc, ok := c.(progressConn); ok {
+		c = pc.Conn
+	}
+	if s.Attach == nil {
+		return nil, &fs.Error{Op: "attach", Kind: fs.Unavailable, Err: errors.New("server has no tree")}
+	}
+	return s.Attach(ctx, c)
+}
+
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("ninep: server closed")
 
@@ -120,7 +132,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				return ErrServerClosed
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTemporaryAccept) {
+			if errors.As(err, &ne) && ne.Timeout() {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				s.log().Warn("accept failed; retrying", "err", err, "in", backoff)
 				time.Sleep(backoff)
@@ -138,8 +150,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}()
 	}
 }
-
-var errTemporaryAccept = errors.New("temporary accept error")
 
 // Shutdown closes the listeners and every connection, then waits for the
 // connection goroutines to end or ctx to expire.

@@ -1,11 +1,16 @@
 package ninep
 
 import (
+	"context"
+	"net"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"9fans.net/go/plan9"
+
+	"strata/fs"
 )
 
 // A peer that sends requests but never reads the replies is dropped once
@@ -48,5 +53,26 @@ func TestStalledReaderIsDropped(t *testing.T) {
 	_, fsys := plan9Mount(t, addr, "other")
 	if _, err := fsys.Stat("big"); err != nil {
 		t.Fatalf("stat after the drop: %v", err)
+	}
+}
+
+// Attach is given the connection as accepted (here a *net.TCPConn), not a
+// wrapper of the server's, in both dialects, so that it can tell who the
+// peer is.
+func TestAttachSeesAcceptedConn(t *testing.T) {
+	root := plan9TestTree(t, map[string]string{"f": "x"})
+	seen := make(chan net.Conn, 2)
+	addr := plan9Serve(t, root, func(s *Server) {
+		s.Attach = func(_ context.Context, c net.Conn) (fs.Dir, error) {
+			seen <- c
+			return root, nil
+		}
+	})
+	plan9Mount(t, addr, "tester")
+	dialL(t, addr, 8192)
+	for i := range 2 {
+		if c := <-seen; reflect.TypeOf(c) != reflect.TypeOf(&net.TCPConn{}) {
+			t.Errorf("attach %d of 2 (one per dialect): Attach got a %T, want *net.TCPConn", i+1, c)
+		}
 	}
 }

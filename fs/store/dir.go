@@ -21,12 +21,12 @@ func (d *dir) child(ctx context.Context, op, name string) (string, error) {
 		var fe *fs.Error
 		if errors.As(err, &fe) {
 			c := *fe
-			c.Path = join(d.at.path, fe.Path)
+			c.Path = fs.Join(d.at.path, fe.Path)
 			return "", &c
 		}
 		return "", err
 	}
-	p := join(d.at.path, name)
+	p := fs.Join(d.at.path, name)
 	if strings.HasPrefix(name, TempPrefix) {
 		return "", &fs.Error{Op: op, Path: p, Kind: fs.Invalid, Err: errReserved}
 	}
@@ -113,7 +113,7 @@ func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 			continue // removed since it was listed
 		}
 		if err != nil {
-			return nil, fail(op, join(p, name), err)
+			return nil, fail(op, fs.Join(p, name), err)
 		}
 		if fi.IsDir() || fi.Mode().IsRegular() {
 			list = append(list, info(name, fi))
@@ -315,7 +315,7 @@ func (d *dir) Rename(ctx context.Context, oldName string, newDir fs.Dir, newName
 	s := d.s
 	nd, ok := newDir.(*dir)
 	if !ok || nd.s != s {
-		return &fs.Error{Op: op, Path: join(d.where(), oldName), Kind: fs.CrossDevice}
+		return &fs.Error{Op: op, Path: fs.Join(d.where(), oldName), Kind: fs.CrossDevice}
 	}
 	s.ns.Lock()
 	from, dirs, err := d.rename(ctx, op, oldName, nd, newName)

@@ -90,14 +90,14 @@ func osFlag(flag fs.Flag) int {
 // the owner) that like describes. s.ns is held for reading.
 func (f *file) rewrite(op string, like os.FileInfo, flag fs.Flag) (*handle, error) {
 	s := f.s
-	dp, _ := split(f.at.path)
+	dp, _ := fs.Split(f.at.path)
 	var (
 		tp  string
 		t   *os.File
 		err error
 	)
 	for range 8 {
-		tp = join(dp, TempPrefix+strconv.FormatUint(rand.Uint64(), 36))
+		tp = fs.Join(dp, TempPrefix+strconv.FormatUint(rand.Uint64(), 36))
 		t, err = s.root.OpenFile(tp, osFlag(flag)|os.O_CREATE|os.O_EXCL, 0o600)
 		if !errors.Is(err, iofs.ErrExist) {
 			break
@@ -310,7 +310,7 @@ func (h *handle) replace() (*os.File, error) {
 		h.dropTemp()
 		return nil, nil
 	}
-	dp, _ := split(target.path)
+	dp, _ := fs.Split(target.path)
 	df, err := s.openDir(dp)
 	if err != nil {
 		return nil, err

@@ -143,7 +143,7 @@ func (n *node) Stat(ctx context.Context) (fs.Info, error) {
 	if err != nil {
 		return fs.Info{}, fail(op, p, err)
 	}
-	_, name := split(p)
+	_, name := fs.Split(p)
 	return info(name, fi), nil
 }
 

@@ -331,20 +331,3 @@ func osPath(p string) string {
 	}
 	return p
 }
-
-// join is the path of name in the directory at path dir.
-func join(dir, name string) string {
-	if dir == "" {
-		return name
-	}
-	return dir + "/" + name
-}
-
-// split returns the directory and the last element of p.
-func split(p string) (dir, name string) {
-	i := strings.LastIndexByte(p, '/')
-	if i < 0 {
-		return "", p
-	}
-	return p[:i], p[i+1:]
-}

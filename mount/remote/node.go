@@ -29,12 +29,7 @@ func (n node) names(more ...string) []string {
 	return append(names, more...)
 }
 
-func (n node) child(name string) string {
-	if n.path == "" {
-		return name
-	}
-	return n.path + "/" + name
-}
+func (n node) child(name string) string { return fs.Join(n.path, name) }
 
 func baseName(p string) string { return p[strings.LastIndexByte(p, '/')+1:] }
 
