@@ -6,9 +6,13 @@ require (
 	9fans.net/go v0.0.8-0.20250307142834-96bdba94b63f
 	github.com/hugelgupf/p9 v0.3.0
 	github.com/knusbaum/go9p v1.18.0
+	github.com/tetratelabs/wazero v1.12.0
+	github.com/tink-crypto/tink-go/v2 v2.5.0
+	golang.org/x/crypto v0.41.0
 )
 
 require (
 	github.com/u-root/uio v0.0.0-20230305220412-3e8cd9d6bf63 // indirect
 	golang.org/x/sys v0.50.0 // indirect
+	google.golang.org/protobuf v1.36.8 // indirect
 )

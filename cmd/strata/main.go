@@ -1,6 +1,12 @@
 // Command strata runs the tiers of a Strata hierarchy and talks to them.
 //
-//	strata serve store -listen ADDR -data DIR   serve a durable /store over 9P
+//	strata up -dir DIR [-groups N]              a whole hierarchy on loopback
+//	strata serve cloud|appedge|edge [flags]     one tier per process
+//	strata serve store -listen ADDR -data DIR   a durable /store alone
+//	strata keygen -keys DIR ...                 make or rotate link keysets
+//	strata call APP < request > answer          invoke through an edge
+//	strata deploy APP FILE.wasm                 deploy at the cloud
+//	strata status                               every tier's /status
 //
 // Every subcommand prints its flags with -h.
 package main
@@ -22,7 +28,12 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"serve", "serve store -listen ADDR -data DIR", serve},
+		{"up", "up [-dir DIR] [-groups N] [-port P]", upCmd},
+		{"serve", "serve cloud|appedge|edge|store [flags]", serve},
+		{"keygen", "keygen -keys DIR [-groups N] [-clients A,B] [-rotate PURPOSE] [-retire PURPOSE:ID] [-list]", keygen},
+		{"call", "call [-dir DIR | -addr ADDR] [-client NAME] APP < request > answer", callCmd},
+		{"deploy", "deploy [-dir DIR | -addr ADDR] APP FILE.wasm", deployCmd},
+		{"status", "status [-dir DIR | -addr ADDR]", statusCmd},
 	}
 }
 

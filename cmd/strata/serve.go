@@ -11,13 +11,19 @@ import (
 
 func serve(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return fmt.Errorf("serve: which tier? (store)")
+		return fmt.Errorf("serve: which tier? (cloud, appedge, edge or store)")
 	}
 	switch args[0] {
+	case "cloud":
+		return serveCloud(ctx, args[1:])
+	case "appedge":
+		return serveAppEdge(ctx, args[1:])
+	case "edge":
+		return serveEdge(ctx, args[1:])
 	case "store":
 		return serveStore(ctx, args[1:])
 	}
-	return fmt.Errorf("serve: unknown tier %q (want store)", args[0])
+	return fmt.Errorf("serve: unknown tier %q (want cloud, appedge, edge or store)", args[0])
 }
 
 func serveStore(ctx context.Context, args []string) error {

@@ -58,7 +58,13 @@ func TestServeStoreFlags(t *testing.T) {
 		want string
 	}{
 		{[]string{"serve", "store"}, "-data DIR is required"},
-		{[]string{"serve", "cloud"}, `unknown tier "cloud"`},
+		{[]string{"serve", "moon"}, `unknown tier "moon"`},
+		{[]string{"serve", "cloud"}, "-data DIR and -keys DIR are required"},
+		{[]string{"serve", "cloud", "-data", t.TempDir(), "-keys", t.TempDir()}, "run strata keygen"},
+		{[]string{"serve", "edge", "-data", t.TempDir(), "-keys", t.TempDir(), "-group", "G/1"}, "run strata keygen"},
+		{[]string{"call"}, "name one app"},
+		{[]string{"call", "-dir", t.TempDir(), "upper"}, "is `strata up -dir"},
+		{[]string{"deploy", "x"}, "name an app and a module file"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"serve", "store", "-data", t.TempDir(), "-listen", "256.0.0.1:1"}, "listening on 256.0.0.1:1"},
 		{[]string{"serve", "store", "-data", t.TempDir(), "-log-level", "loud"}, `-log-level "loud"`},

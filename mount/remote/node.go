@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"io"
 	iofs "io/fs"
@@ -33,49 +34,50 @@ func (n node) child(name string) string { return fs.Join(n.path, name) }
 
 func baseName(p string) string { return p[strings.LastIndexByte(p, '/')+1:] }
 
+// walked is a fid that a step walked, with the attributes of its file.
+type walked struct {
+	f     *fid
+	qid   p9.QID
+	valid p9.AttrMask
+	attr  p9.Attr
+}
+
+// walkFrom walks names from from, as one step. The caller clunks the
+// fid; if the caller stopped waiting, the step clunks it.
+func walkFrom(ctx context.Context, s *link, from p9.File, op, path string, names []string, on ...*fid) (walked, error) {
+	return exec(ctx, s, s.plan(ctx), op, path, func() (walked, error) {
+		qids, f, valid, attr, err := from.WalkGetAttr(names)
+		if err != nil {
+			return walked{}, err
+		}
+		w := walked{f: newFid(f), valid: valid, attr: attr}
+		if len(qids) > 0 {
+			w.qid = qids[len(qids)-1]
+		}
+		return w, nil
+	}, func(w walked) { clunk(context.Background(), s, w.f) }, on...)
+}
+
 // walk returns a new fid for n's path (and more), with its attributes.
 // The caller clunks it.
-func (n node) walk(ctx context.Context, s *link, op string, more ...string) (p9.File, p9.QID, p9.AttrMask, p9.Attr, error) {
+func (n node) walk(ctx context.Context, s *link, op string, more ...string) (walked, error) {
 	names := n.names(more...)
-	path := strings.Join(names, "/")
-	var (
-		f     p9.File
-		qids  []p9.QID
-		valid p9.AttrMask
-		attr  p9.Attr
-	)
-	err := s.step(ctx, op, path, func() error {
-		var err error
-		qids, f, valid, attr, err = s.root.WalkGetAttr(names)
-		return err
-	})
-	if err != nil {
-		return nil, p9.QID{}, p9.AttrMask{}, p9.Attr{}, err
-	}
-	var qid p9.QID
-	if len(qids) > 0 {
-		qid = qids[len(qids)-1]
-	}
-	return f, qid, valid, attr, nil
+	return walkFrom(ctx, s, s.root, op, strings.Join(names, "/"), names)
 }
 
-// clunk drops a fid that was walked for one operation.
-func clunk(ctx context.Context, s *link, f p9.File) {
-	s.step(context.WithoutCancel(ctx), "clunk", "", f.Close)
-}
-
-// do runs fn on a fresh fid for n (walked and clunked around it).
-func (n node) do(ctx context.Context, op string, fn func(s *link, f p9.File) error) error {
-	s, err := n.t.use(ctx, op, n.path)
+// do runs fn on a fresh fid for n (walked and clunked around it). path
+// names what op is about, in errors.
+func (n node) do(ctx context.Context, op, path string, fn func(s *link, f *fid) error) error {
+	s, err := n.t.use(ctx, op, path)
 	if err != nil {
 		return err
 	}
-	f, _, _, _, err := n.walk(ctx, s, op)
+	w, err := n.walk(ctx, s, op)
 	if err != nil {
 		return err
 	}
-	defer clunk(ctx, s, f)
-	return fn(s, f)
+	defer clunk(ctx, s, w.f)
+	return fn(s, w.f)
 }
 
 func infoOf(name string, qid p9.QID, valid p9.AttrMask, a p9.Attr) fs.Info {
@@ -103,24 +105,17 @@ func (n node) Stat(ctx context.Context) (fs.Info, error) {
 		return fs.Info{}, err
 	}
 	if n.path == "" {
-		var (
-			qid   p9.QID
-			valid p9.AttrMask
-			attr  p9.Attr
-		)
-		err := s.step(ctx, "stat", "", func() error {
-			var err error
-			qid, valid, attr, err = s.root.GetAttr(p9.AttrMaskAll)
-			return err
-		})
-		return infoOf("", qid, valid, attr), err
+		return exec(ctx, s, s.plan(ctx), "stat", "", func() (fs.Info, error) {
+			qid, valid, attr, err := s.root.GetAttr(p9.AttrMaskAll)
+			return infoOf("", qid, valid, attr), err
+		}, nil)
 	}
-	f, qid, valid, attr, err := n.walk(ctx, s, "stat")
+	w, err := n.walk(ctx, s, "stat")
 	if err != nil {
 		return fs.Info{}, err
 	}
-	clunk(ctx, s, f)
-	return infoOf(baseName(n.path), qid, valid, attr), nil
+	clunk(ctx, s, w.f)
+	return infoOf(baseName(n.path), w.qid, w.valid, w.attr), nil
 }
 
 // SetAttr implements fs.Node.
@@ -129,7 +124,7 @@ func (n node) SetAttr(ctx context.Context, a fs.Attr) error {
 	var attr p9.SetAttr
 	if a.Size != nil {
 		if *a.Size < 0 {
-			return &fs.Error{Op: "setattr", Path: n.path, Kind: fs.Invalid}
+			return n.t.err("setattr", n.path, fs.Invalid, nil)
 		}
 		mask.Size, attr.Size = true, uint64(*a.Size)
 	}
@@ -143,8 +138,8 @@ func (n node) SetAttr(ctx context.Context, a fs.Attr) error {
 	if mask.Empty() {
 		return nil
 	}
-	return n.do(ctx, "setattr", func(s *link, f p9.File) error {
-		return s.step(ctx, "setattr", n.path, func() error { return f.SetAttr(mask, attr) })
+	return n.do(ctx, "setattr", n.path, func(s *link, f *fid) error {
+		return s.step(ctx, "setattr", n.path, func() error { return f.SetAttr(mask, attr) }, f)
 	})
 }
 
@@ -160,19 +155,19 @@ var (
 // Lookup implements fs.Dir.
 func (d *dir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 	if err := fs.CheckName("lookup", name); err != nil {
-		return nil, err
+		return nil, d.t.relabel(err)
 	}
 	s, err := d.t.use(ctx, "lookup", d.child(name))
 	if err != nil {
 		return nil, err
 	}
-	f, _, _, attr, err := d.walk(ctx, s, "lookup", name)
+	w, err := d.walk(ctx, s, "lookup", name)
 	if err != nil {
 		return nil, err
 	}
-	clunk(ctx, s, f)
+	clunk(ctx, s, w.f)
 	c := node{t: d.t, path: d.child(name)}
-	if attr.Mode.IsDir() {
+	if w.attr.Mode.IsDir() {
 		return &dir{c}, nil
 	}
 	return &file{c}, nil
@@ -186,21 +181,20 @@ const statParallel = 16
 // left out.
 func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 	var infos []fs.Info
-	err := d.do(ctx, "readdir", func(s *link, f p9.File) error {
+	err := d.do(ctx, "readdir", d.path, func(s *link, f *fid) error {
 		if err := s.step(ctx, "readdir", d.path, func() error {
 			_, _, err := f.Open(p9.ReadOnly)
 			return err
-		}); err != nil {
+		}, f); err != nil {
 			return err
 		}
 		var names []string
 		for off := uint64(0); ; {
-			var ents p9.Dirents
-			if err := s.step(ctx, "readdir", d.path, func() error {
-				var err error
-				ents, err = f.Readdir(off, uint32(s.payload))
-				return err
-			}); err != nil {
+			at := off
+			ents, err := exec(ctx, s, s.plan(ctx), "readdir", d.path, func() (p9.Dirents, error) {
+				return f.Readdir(at, uint32(s.payload))
+			}, nil, f)
+			if err != nil {
 				return err
 			}
 			if len(ents) == 0 {
@@ -227,17 +221,7 @@ func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 			go func() {
 				defer wg.Done()
 				for i := int(next.Add(1) - 1); i < len(names); i = int(next.Add(1) - 1) {
-					var (
-						c     p9.File
-						qids  []p9.QID
-						valid p9.AttrMask
-						attr  p9.Attr
-					)
-					err := s.step(ctx, "readdir", d.child(names[i]), func() error {
-						var err error
-						qids, c, valid, attr, err = f.WalkGetAttr(names[i : i+1])
-						return err
-					})
+					w, err := walkFrom(ctx, s, f.File, "readdir", d.child(names[i]), names[i:i+1], f)
 					if fs.KindOf(err) == fs.NotExist {
 						continue
 					}
@@ -247,8 +231,8 @@ func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 						mu.Unlock()
 						return
 					}
-					clunk(ctx, s, c)
-					infos[i] = infoOf(names[i], qids[len(qids)-1], valid, attr)
+					clunk(ctx, s, w.f)
+					infos[i] = infoOf(names[i], w.qid, w.valid, w.attr)
 					found[i] = true
 				}
 			}()
@@ -314,40 +298,40 @@ func openFlags(fl fs.Flag) p9.OpenFlags {
 // Create implements fs.Dir.
 func (d *dir) Create(ctx context.Context, name string, flag fs.Flag, perm iofs.FileMode) (fs.File, fs.Handle, error) {
 	if err := fs.CheckName("create", name); err != nil {
-		return nil, nil, err
+		return nil, nil, d.t.relabel(err)
 	}
 	s, err := d.t.use(ctx, "create", d.child(name))
 	if err != nil {
 		return nil, nil, err
 	}
-	f, _, _, _, err := d.walk(ctx, s, "create")
+	w, err := d.walk(ctx, s, "create")
 	if err != nil {
 		return nil, nil, err
 	}
 	p := d.child(name)
 	err = s.step(ctx, "create", p, func() error {
-		// On success f becomes the new, open file.
-		_, _, _, err := f.Create(name, openFlags(flag)|lOCREAT, p9.FileMode(perm.Perm()), p9.NoUID, p9.NoGID)
+		// On success the fid becomes the new, open file.
+		_, _, _, err := w.f.Create(name, openFlags(flag)|lOCREAT, p9.FileMode(perm.Perm()), p9.NoUID, p9.NoGID)
 		return err
-	})
+	}, w.f)
 	if err != nil {
-		clunk(ctx, s, f)
+		clunk(ctx, s, w.f)
 		return nil, nil, err
 	}
-	return &file{node{t: d.t, path: p}}, &handle{s: s, f: f, path: p}, nil
+	return &file{node{t: d.t, path: p}}, &handle{s: s, f: w.f, path: p}, nil
 }
 
 // Mkdir implements fs.Dir.
 func (d *dir) Mkdir(ctx context.Context, name string, perm iofs.FileMode) (fs.Dir, error) {
 	if err := fs.CheckName("mkdir", name); err != nil {
-		return nil, err
+		return nil, d.t.relabel(err)
 	}
 	p := d.child(name)
-	err := d.do(ctx, "mkdir", func(s *link, f p9.File) error {
+	err := d.do(ctx, "mkdir", p, func(s *link, f *fid) error {
 		return s.step(ctx, "mkdir", p, func() error {
 			_, err := f.Mkdir(name, p9.FileMode(perm.Perm()), p9.NoUID, p9.NoGID)
 			return err
-		})
+		}, f)
 	})
 	if err != nil {
 		return nil, err
@@ -359,13 +343,13 @@ func (d *dir) Mkdir(ctx context.Context, name string, perm iofs.FileMode) (fs.Di
 // a file is tried first, a directory if the server says it is one.
 func (d *dir) Remove(ctx context.Context, name string) error {
 	if err := fs.CheckName("remove", name); err != nil {
-		return err
+		return d.t.relabel(err)
 	}
 	p := d.child(name)
-	return d.do(ctx, "remove", func(s *link, f p9.File) error {
-		err := s.step(ctx, "remove", p, func() error { return f.UnlinkAt(name, 0) })
+	return d.do(ctx, "remove", p, func(s *link, f *fid) error {
+		err := s.step(ctx, "remove", p, func() error { return f.UnlinkAt(name, 0) }, f)
 		if fs.KindOf(err) == fs.IsDir {
-			err = s.step(ctx, "remove", p, func() error { return f.UnlinkAt(name, lATREMOVEDIR) })
+			err = s.step(ctx, "remove", p, func() error { return f.UnlinkAt(name, lATREMOVEDIR) }, f)
 		}
 		return err
 	})
@@ -376,20 +360,21 @@ func (d *dir) Rename(ctx context.Context, oldName string, newDir fs.Dir, newName
 	p := d.child(oldName)
 	for _, name := range []string{oldName, newName} {
 		if err := fs.CheckName("rename", name); err != nil {
-			return err
+			return d.t.relabel(err)
 		}
 	}
 	nd, ok := newDir.(*dir)
 	if !ok || nd.t != d.t {
-		return &fs.Error{Op: "rename", Path: p, Kind: fs.CrossDevice}
+		return d.t.err("rename", p, fs.CrossDevice, nil)
 	}
-	return d.do(ctx, "rename", func(s *link, f p9.File) error {
-		g, _, _, _, err := nd.walk(ctx, s, "rename")
+	return d.do(ctx, "rename", p, func(s *link, f *fid) error {
+		g, err := nd.walk(ctx, s, "rename")
 		if err != nil {
 			return err
 		}
-		defer clunk(ctx, s, g)
-		return s.step(ctx, "rename", p, func() error { return f.RenameAt(oldName, g, newName) })
+		defer clunk(ctx, s, g.f)
+		// p9's client wants its own File for the new directory.
+		return s.step(ctx, "rename", p, func() error { return f.RenameAt(oldName, g.f.File, newName) }, f, g.f)
 	})
 }
 
@@ -399,26 +384,26 @@ func (fl *file) Open(ctx context.Context, flag fs.Flag) (fs.Handle, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, _, _, _, err := fl.walk(ctx, s, "open")
+	w, err := fl.walk(ctx, s, "open")
 	if err != nil {
 		return nil, err
 	}
 	err = s.step(ctx, "open", fl.path, func() error {
-		_, _, err := f.Open(openFlags(flag))
+		_, _, err := w.f.Open(openFlags(flag))
 		return err
-	})
+	}, w.f)
 	if err != nil {
-		clunk(ctx, s, f)
+		clunk(ctx, s, w.f)
 		return nil, err
 	}
-	return &handle{s: s, f: f, path: fl.path}, nil
+	return &handle{s: s, f: w.f, path: fl.path}, nil
 }
 
 // handle is an open fid. It belongs to the link that opened it: after a
 // reconnection its calls fail and the file must be opened again.
 type handle struct {
 	s      *link
-	f      p9.File
+	f      *fid
 	path   string
 	closed atomic.Bool
 }
@@ -427,32 +412,43 @@ var _ fs.Handle = (*handle)(nil)
 
 func (h *handle) check(op string) error {
 	if h.closed.Load() {
-		return &fs.Error{Op: op, Path: h.path, Kind: fs.BadHandle, Err: iofs.ErrClosed}
+		return h.s.t.err(op, h.path, fs.BadHandle, iofs.ErrClosed)
 	}
 	return nil
 }
 
 // ReadAt implements fs.Handle: one Tread per step, each with its deadline.
+// A step that may outlive the caller's wait reads into a buffer of its own.
 func (h *handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if err := h.check("read"); err != nil {
 		return 0, err
 	}
 	if off < 0 {
-		return 0, &fs.Error{Op: "read", Path: h.path, Kind: fs.Invalid}
+		return 0, h.s.t.err("read", h.path, fs.Invalid, nil)
 	}
 	done := 0
 	for done < len(p) {
 		chunk := p[done:min(len(p), done+h.s.payload)]
-		var n int
-		err := h.s.step(ctx, "read", h.path, func() error {
-			var err error
-			n, err = h.f.ReadAt(chunk, off+int64(done))
-			return err
-		})
-		done += n
-		if err != nil {
-			return done, err // io.EOF included
+		pl := h.s.plan(ctx)
+		buf := chunk
+		if pl.detached() {
+			buf = make([]byte, len(chunk))
 		}
+		at := off + int64(done)
+		n, err := exec(ctx, h.s, pl, "read", h.path, func() (int, error) {
+			n, err := h.f.ReadAt(buf, at)
+			if err == io.EOF {
+				return 0, nil // an answer: nothing more
+			}
+			return n, err
+		}, nil, h.f)
+		if err != nil {
+			return done, err
+		}
+		if pl.detached() {
+			copy(chunk, buf[:n])
+		}
+		done += n
 		if n == 0 {
 			return done, io.EOF
 		}
@@ -462,29 +458,31 @@ func (h *handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 }
 
 // WriteAt implements fs.Handle: one Twrite per step, each with its
-// deadline.
+// deadline. A step that may outlive the caller's wait writes a copy.
 func (h *handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if err := h.check("write"); err != nil {
 		return 0, err
 	}
 	if off < 0 {
-		return 0, &fs.Error{Op: "write", Path: h.path, Kind: fs.Invalid}
+		return 0, h.s.t.err("write", h.path, fs.Invalid, nil)
 	}
 	done := 0
 	for done < len(p) {
 		chunk := p[done:min(len(p), done+h.s.payload)]
-		var n int
-		err := h.s.step(ctx, "write", h.path, func() error {
-			var err error
-			n, err = h.f.WriteAt(chunk, off+int64(done))
-			return err
-		})
+		pl := h.s.plan(ctx)
+		if pl.detached() {
+			chunk = bytes.Clone(chunk)
+		}
+		at := off + int64(done)
+		n, err := exec(ctx, h.s, pl, "write", h.path, func() (int, error) {
+			return h.f.WriteAt(chunk, at)
+		}, nil, h.f)
 		done += n
 		if err != nil {
 			return done, err
 		}
 		if n == 0 {
-			return done, &fs.Error{Op: "write", Path: h.path, Kind: fs.IO, Err: io.ErrShortWrite}
+			return done, h.s.t.err("write", h.path, fs.IO, io.ErrShortWrite)
 		}
 	}
 	return done, nil
@@ -495,14 +493,33 @@ func (h *handle) Sync(ctx context.Context) error {
 	if err := h.check("sync"); err != nil {
 		return err
 	}
-	return h.s.step(ctx, "sync", h.path, h.f.FSync)
+	return h.s.step(ctx, "sync", h.path, h.f.FSync, h.f)
 }
 
 // Close implements fs.Handle. The server's answer to the clunk says
-// whether what was written is acknowledged.
+// whether what was written is acknowledged. Steps on the handle whose
+// callers stopped waiting are waited for first, within ctx's deadline.
 func (h *handle) Close(ctx context.Context) error {
 	if !h.closed.CompareAndSwap(false, true) {
-		return &fs.Error{Op: "close", Path: h.path, Kind: fs.BadHandle, Err: iofs.ErrClosed}
+		return h.s.t.err("close", h.path, fs.BadHandle, iofs.ErrClosed)
+	}
+	if ch := h.f.quiet(); ch != nil {
+		var expired <-chan time.Time
+		if dl, ok := ctx.Deadline(); ok {
+			t := time.NewTimer(time.Until(dl))
+			defer t.Stop()
+			expired = t.C
+		}
+		select {
+		case <-ch:
+		case <-expired:
+			clunk(ctx, h.s, h.f) // once they end
+			return h.s.t.err("close", h.path, fs.Timeout, errorString("earlier requests on the file still unanswered at the caller's deadline"))
+		}
 	}
 	return h.s.step(ctx, "close", h.path, h.f.Close)
 }
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }

@@ -1,6 +1,6 @@
 // Package remote shows a tree served over 9P2000.L (by strata's fs/ninep,
 // or any server that speaks p9's dialect) as a local fs.Dir, through the
-// client of github.com/hugelgupf/p9.
+// client of github.com/hugelgupf/p9. A tier mounts its parent with it.
 //
 // Nodes are paths, not fids: a Dir or File remembers where it is, and each
 // operation walks there from the attach fid, does its work and clunks what
@@ -8,17 +8,50 @@
 // two per operation, but a node stays valid across a reconnection and no
 // fid is ever left for a finalizer to clunk.
 //
-// p9's client has no timeouts, so every round trip runs under a deadline
-// (Options.Timeout): if the server does not answer in time the connection
-// is closed, which fails every call waiting on it, and the caller gets an
-// fs.Error of Kind Timeout that names the server. The next operation dials
-// again.
+// # Errors
 //
-// Not done yet: redialing waits for no backoff (a dead server costs each
-// operation one dial, bounded by the timeout); a Handle does not survive a
-// reconnection (its calls fail with the error that ended the connection,
-// and the caller reopens);
-// there is no keepalive to notice a dead link before a call does.
+// Every error is an *fs.Error whose Op starts with the tier's label, the
+// Options.Name and the address ("cloud (10.0.0.1:5640): walk apps/x: ..."),
+// so that a message read several tiers away says which link failed. Kind
+// Timeout means a deadline passed; Unavailable means the tier cannot be
+// reached or the connection broke.
+//
+// # Deadlines
+//
+// p9's client has no timeouts, so every round trip (a step) runs under a
+// bound: Options.Timeout, or the duration given to WithTimeout for the
+// calls made with that context. A step that has begun is waited for up to
+// its bound; canceling the context does not cut it short (p9's client
+// cannot flush a request). If the server has not answered when the bound
+// passes, the step is stuck: the connection is closed, which fails every
+// call waiting on it, and the caller gets a Timeout.
+//
+// A context deadline that comes sooner than the bound also ends the wait,
+// with a Timeout, but it is the caller's limit, not proof that the server
+// is stuck: the step is left to finish in the background (into buffers of
+// its own, so the caller's are never touched afterwards), the fids it uses
+// are clunked only after it ends, and the connection is closed only if
+// the step is still unanswered at its own bound. So one impatient caller
+// does not break the link, and the open Handles, of everyone else.
+//
+// # Reconnecting
+//
+// When the connection fails, the next call dials again. Only one goroutine
+// dials at a time; calls arriving meanwhile wait for that dial's result,
+// each within its own context and bound. After a failed dial, calls fail
+// at once for a backoff window that grows from Options.MinBackoff to
+// Options.MaxBackoff (doubling, with jitter) and starts again from the
+// minimum after a successful connection. Their error says when the next
+// attempt will be made and why the last one failed; its Kind is Timeout if
+// that dial timed out, Unavailable otherwise. Nothing redials in the
+// background: a call does. A Handle does not survive a reconnection: its
+// calls fail with the error that ended its connection, and the caller
+// opens the file again.
+//
+// With Options.Keepalive set, an idle connection is probed (a getattr of
+// the attach fid) every interval; a probe that fails or times out closes
+// the connection, so that the next call redials at once instead of finding
+// out the hard way. Tree.State reports the link for status pages.
 package remote
 
 import (
@@ -28,6 +61,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -42,7 +76,9 @@ import (
 
 // Defaults.
 const (
-	DefaultTimeout = 5 * time.Second
+	DefaultTimeout    = 5 * time.Second
+	DefaultMinBackoff = 100 * time.Millisecond
+	DefaultMaxBackoff = 5 * time.Second
 	// DefaultMsize is the message size asked for: p9's own limit.
 	DefaultMsize = 4 << 20
 	// minMsize leaves room for a useful payload after p9's largest
@@ -52,9 +88,22 @@ const (
 
 // Options configure a Tree. The zero value is usable.
 type Options struct {
-	// Timeout bounds each remote step: dialing, the version and attach
-	// exchange, and every request. DefaultTimeout if zero.
+	// Name is the name of the tier behind the tree ("cloud",
+	// "appedge/g1"). Every error names it, with the address; if it is
+	// empty the address alone names the tier.
+	Name string
+	// Timeout bounds each remote step: a request and its answer. It
+	// also bounds a whole dial: connecting, the version and the attach
+	// exchange. DefaultTimeout if zero. WithTimeout overrides it for
+	// the steps of one call.
 	Timeout time.Duration
+	// MinBackoff and MaxBackoff bound the time calls fail at once after
+	// a failed dial, before the next dial. DefaultMinBackoff and
+	// DefaultMaxBackoff if zero.
+	MinBackoff, MaxBackoff time.Duration
+	// Keepalive, if positive, is how long the connection may stay idle
+	// before it is probed. Zero turns probing off.
+	Keepalive time.Duration
 	// Msize is the largest message to ask for. The server's answer is
 	// used if it is smaller. DefaultMsize if zero.
 	Msize uint32
@@ -67,39 +116,102 @@ type Options struct {
 	Log *slog.Logger
 }
 
+// LinkState describes a Tree's connection, for status pages.
+type LinkState struct {
+	Name      string // Options.Name
+	Addr      string
+	Connected bool
+	// LastError is why the last connection ended or the last dial
+	// failed; empty if neither has happened.
+	LastError string
+	// Since is when Connected last changed (or when the Tree was made).
+	Since time.Time
+	// NextAttempt is when a call may dial again after a failed dial;
+	// zero when there is no backoff.
+	NextAttempt time.Time
+	// Reconnects counts the successful connections after the first.
+	Reconnects int
+}
+
 // Tree is a remote tree. Its methods and its nodes' methods may be called
 // from many goroutines.
 type Tree struct {
 	network, addr string
+	label         string // "name (addr)", or addr
 	opts          Options
 	log           *slog.Logger
+	invalid       error           // what is wrong with opts, if anything
+	ctx           context.Context // ended by Close
+	stop          context.CancelFunc
+	wg            sync.WaitGroup // dials and keepalives
 
-	mu     sync.Mutex
-	cur    *link // nil until dialed, or after a failure
-	closed bool
+	mu        sync.Mutex
+	cur       *link    // the last link made; dead after a failure
+	dialing   *dialing // the dial under way, if any
+	closed    bool
+	failures  int       // dials failed in a row
+	next      time.Time // no dial before this, after a failure
+	lastErr   error     // the last dial failure or link end
+	lastKind  fs.Kind   // the kind of the last dial failure
+	connected bool      // as State reports it: set and cleared with since
+	since     time.Time
+	connects  int
 }
 
-// Dial connects to the 9P2000.L server at addr and attaches. The returned
-// Tree reconnects by itself when its connection fails.
-func Dial(ctx context.Context, network, addr string, opts Options) (*Tree, error) {
+// dialing is one dial that callers wait for.
+type dialing struct {
+	done     chan struct{} // closed when s or err is set
+	deadline time.Time     // when the dial gives up
+	s        *link
+	err      error
+}
+
+// New returns a Tree for the 9P2000.L server at addr without connecting:
+// the first call dials, so a tier starts even while its parent is down.
+// The Tree reconnects by itself when its connection fails. Options that
+// make no sense (an Msize below 4096, a MaxBackoff below MinBackoff) make
+// every call fail with Invalid.
+func New(network, addr string, opts Options) *Tree {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = DefaultMinBackoff
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = max(DefaultMaxBackoff, opts.MinBackoff)
+	}
 	if opts.Msize == 0 {
 		opts.Msize = DefaultMsize
-	}
-	if opts.Msize < minMsize {
-		return nil, &fs.Error{Op: "dial", Path: addr, Kind: fs.Invalid, Err: fmt.Errorf("msize %d is below %d", opts.Msize, minMsize)}
 	}
 	if opts.Dial == nil {
 		var d net.Dialer
 		opts.Dial = d.DialContext
 	}
-	t := &Tree{network: network, addr: addr, opts: opts, log: opts.Log}
+	label := addr
+	if opts.Name != "" {
+		label = opts.Name + " (" + addr + ")"
+	}
+	t := &Tree{network: network, addr: addr, label: label, opts: opts, log: opts.Log, since: time.Now()}
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
 	}
-	if _, err := t.connect(ctx); err != nil {
+	switch {
+	case opts.Msize < minMsize:
+		t.invalid = fmt.Errorf("msize %d is below %d", opts.Msize, minMsize)
+	case opts.MaxBackoff < opts.MinBackoff:
+		t.invalid = fmt.Errorf("MaxBackoff %v is below MinBackoff %v", opts.MaxBackoff, opts.MinBackoff)
+	}
+	t.ctx, t.stop = context.WithCancel(context.Background())
+	return t
+}
+
+// Dial connects to the 9P2000.L server at addr and attaches: New, then a
+// first connection, whose failure is returned.
+func Dial(ctx context.Context, network, addr string, opts Options) (*Tree, error) {
+	t := New(network, addr, opts)
+	if _, err := t.use(ctx, "dial", ""); err != nil {
+		t.Close()
 		return nil, err
 	}
 	return t, nil
@@ -108,19 +220,202 @@ func Dial(ctx context.Context, network, addr string, opts Options) (*Tree, error
 // Root returns the root of the remote tree.
 func (t *Tree) Root() fs.Dir { return &dir{node{t: t}} }
 
-// Close closes the connection. Handles still open fail from then on.
-func (t *Tree) Close() error {
+// State reports the connection.
+func (t *Tree) State() LinkState {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.closed = true
-	if t.cur != nil {
-		t.cur.kill(errTreeClosed)
-		t.cur = nil
+	st := LinkState{
+		Name:       t.opts.Name,
+		Addr:       t.addr,
+		Connected:  t.connected,
+		Since:      t.since,
+		Reconnects: max(0, t.connects-1),
 	}
+	if t.lastErr != nil {
+		st.LastError = t.lastErr.Error()
+	}
+	if !st.Connected && t.failures > 0 {
+		st.NextAttempt = t.next
+	}
+	return st
+}
+
+// Close closes the connection and stops the keepalive. Handles still open
+// fail from then on, and so does every call.
+func (t *Tree) Close() error {
+	t.mu.Lock()
+	t.closed = true
+	s := t.cur
+	t.mu.Unlock()
+	t.stop()
+	if s != nil {
+		s.kill(errTreeClosed)
+	}
+	t.wg.Wait()
 	return nil
 }
 
 var errTreeClosed = errors.New("remote tree closed")
+
+// err builds the error of a call: its Op names the tier.
+func (t *Tree) err(op, path string, kind fs.Kind, cause error) *fs.Error {
+	return &fs.Error{Op: t.label + ": " + op, Path: path, Kind: kind, Err: cause}
+}
+
+// relabel names the tier in an error made here without contacting it (a
+// bad name, a closed handle).
+func (t *Tree) relabel(err error) error {
+	var fe *fs.Error
+	if !errors.As(err, &fe) {
+		return err
+	}
+	c := *fe
+	c.Op = t.label + ": " + c.Op
+	return &c
+}
+
+// connect returns the live link, dialing if there is none.
+func (t *Tree) connect(ctx context.Context) (*link, error) { return t.use(ctx, "dial", "") }
+
+// use returns the live link for an operation, dialing if there is none.
+// The error names the operation.
+func (t *Tree) use(ctx context.Context, op, path string) (*link, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, t.err(op, path, fs.KindOf(err), err)
+	}
+	if t.invalid != nil {
+		return nil, t.err(op, path, fs.Invalid, t.invalid)
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, t.err(op, path, fs.BadHandle, errTreeClosed)
+	}
+	if s := t.cur; s != nil && !s.dead.Load() {
+		t.mu.Unlock()
+		return s, nil
+	}
+	d := t.dialing
+	if d == nil {
+		if wait := time.Until(t.next); t.failures > 0 && wait > 0 {
+			kind := fs.Unavailable
+			if t.lastKind == fs.Timeout {
+				kind = fs.Timeout
+			}
+			err := t.err(op, path, kind, fmt.Errorf("unreachable, next attempt in %v: %w", roundUp(wait), t.lastErr))
+			t.mu.Unlock()
+			return nil, err
+		}
+		d = &dialing{done: make(chan struct{}), deadline: time.Now().Add(t.opts.Timeout)}
+		t.dialing = d
+		t.wg.Add(1)
+		go t.redial(d)
+	}
+	t.mu.Unlock()
+
+	// Wait within the bound of a step, and the caller's deadline. A dial
+	// that ends before then is waited for; the backstop only guards
+	// against an Options.Dial that ignores its context.
+	start := time.Now()
+	limit := start.Add(stepTimeout(ctx, t.opts.Timeout))
+	if dl, ok := ctx.Deadline(); ok && dl.Before(limit) {
+		limit = dl
+	}
+	if !limit.Before(d.deadline) {
+		limit = d.deadline.Add(time.Second)
+	}
+	wait := time.NewTimer(time.Until(limit))
+	defer wait.Stop()
+	select {
+	case <-d.done:
+	case <-ctx.Done():
+		return nil, t.err(op, path, fs.KindOf(ctx.Err()), fmt.Errorf("waiting for a connection: %w", ctx.Err()))
+	case <-wait.C:
+		return nil, t.err(op, path, fs.Timeout, fmt.Errorf("no connection within %v", limit.Sub(start).Round(time.Millisecond)))
+	}
+	if d.err != nil {
+		return nil, t.err(op, path, dialKind(d.err), fmt.Errorf("connecting: %w", d.err))
+	}
+	return d.s, nil
+}
+
+func roundUp(d time.Duration) time.Duration {
+	if d < time.Millisecond {
+		return time.Millisecond
+	}
+	return d.Round(time.Millisecond)
+}
+
+// dialKind classifies a failed dial: Timeout, Unavailable, or a kind the
+// server's answer gave (Unsupported for a wrong version, say).
+func dialKind(err error) fs.Kind {
+	switch k := fs.KindOf(err); k {
+	case fs.Other, fs.IO, fs.Canceled:
+		return fs.Unavailable
+	default:
+		return k
+	}
+}
+
+// redial makes one dial for d's waiters and records its outcome.
+func (t *Tree) redial(d *dialing) {
+	defer t.wg.Done()
+	s, err := t.dial()
+	t.mu.Lock()
+	t.dialing = nil
+	now := time.Now()
+	switch {
+	case t.closed:
+		if s != nil {
+			defer s.kill(errTreeClosed)
+		}
+		s, err = nil, errTreeClosed
+	case err != nil:
+		t.failures++
+		t.next = now.Add(t.backoff(t.failures))
+		t.lastErr, t.lastKind = err, dialKind(err)
+		t.log.Info("9P2000.L dial failed", "tier", t.label, "err", err, "retry", t.next.Sub(now).Round(time.Millisecond))
+	default:
+		t.failures, t.next = 0, time.Time{}
+		t.connects++
+		t.connected, t.since = true, now
+		t.cur = s
+		s.installed.Store(true)
+		t.log.Info("9P2000.L connected", "tier", t.label, "payload", s.payload, "reconnects", t.connects-1)
+		if t.opts.Keepalive > 0 {
+			t.wg.Add(1)
+			go s.keepalive(t.opts.Keepalive)
+		}
+	}
+	d.s, d.err = s, err
+	close(d.done)
+	t.mu.Unlock()
+}
+
+// backoff is the window after the nth failed dial in a row: MinBackoff
+// doubled n-1 times, up to MaxBackoff, give or take a fifth at random,
+// within [MinBackoff, MaxBackoff].
+func (t *Tree) backoff(n int) time.Duration {
+	lo, hi := t.opts.MinBackoff, t.opts.MaxBackoff
+	d := lo
+	for i := 1; i < n && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	d = time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return min(max(d, lo), hi)
+}
+
+// linkDown records the end of the current link s.
+func (t *Tree) linkDown(s *link, cause error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cur == s {
+		t.connected = false
+		t.since = time.Now()
+		t.lastErr = cause
+	}
+}
 
 // link is one connection: a p9 client and its attach fid.
 type link struct {
@@ -130,91 +425,77 @@ type link struct {
 	root    p9.File
 	payload int // bytes per Tread or Twrite
 
-	dead  atomic.Bool
-	once  sync.Once
-	cause error
+	heard     atomic.Int64 // unix nanoseconds of the last answer
+	installed atomic.Bool  // the Tree's current link (not a dial's)
+	done      chan struct{}
+	dead      atomic.Bool
+	once      sync.Once
+	cause     error
 }
 
-// connect returns the live link, dialing a new one if there is none.
-func (t *Tree) connect(ctx context.Context) (*link, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return nil, &fs.Error{Op: "dial", Path: t.addr, Kind: fs.BadHandle, Err: errTreeClosed}
-	}
-	if t.cur != nil && !t.cur.dead.Load() {
-		return t.cur, nil
-	}
-	s, err := t.dial(ctx)
-	if err != nil {
-		t.log.Info("9P2000.L dial failed", "addr", t.addr, "err", err)
-		return nil, err
-	}
-	t.log.Debug("9P2000.L connected", "addr", t.addr, "payload", s.payload)
-	t.cur = s
-	return s, nil
-}
-
-// use returns the live link for an operation, naming the operation in
-// the error if a new one cannot be had.
-func (t *Tree) use(ctx context.Context, op, path string) (*link, error) {
-	s, err := t.connect(ctx)
-	if err != nil {
-		return nil, &fs.Error{Op: op, Path: path, Kind: fs.KindOf(err), Err: fmt.Errorf("reconnecting: %w", err)}
-	}
-	return s, nil
-}
-
-// dial connects, negotiates the version and msize, and attaches, each step
-// within the timeout.
-func (t *Tree) dial(ctx context.Context) (*link, error) {
-	dctx, cancel := context.WithTimeout(ctx, t.opts.Timeout)
+// dial connects, negotiates the version and msize, and attaches, all
+// within the timeout. Closing the Tree abandons it.
+func (t *Tree) dial() (*link, error) {
+	ctx, cancel := context.WithTimeout(t.ctx, t.opts.Timeout)
 	defer cancel()
-	conn, err := t.opts.Dial(dctx, t.network, t.addr)
-	if err != nil {
-		kind := fs.Unavailable
-		if dctx.Err() != nil && ctx.Err() == nil {
-			kind = fs.Timeout
+	// fail says why the dial failed, in an error that fs.KindOf
+	// classifies: a timeout, the server's errno, a network error.
+	fail := func(op string, err error) error {
+		switch {
+		case t.ctx.Err() != nil:
+			return errTreeClosed
+		case ctx.Err() != nil:
+			return timeoutError(fmt.Sprintf("%s: no answer within %v", op, t.opts.Timeout))
 		}
-		return nil, &fs.Error{Op: "dial", Path: t.addr, Kind: kind, Err: err}
+		var le linux.Errno
+		if errors.As(err, &le) {
+			err = syscall.Errno(le)
+		}
+		var fe *fs.Error
+		if errors.As(err, &fe) {
+			return err
+		}
+		return fmt.Errorf("%s: %w", op, err)
 	}
-	s := &link{t: t, conn: conn}
+	conn, err := t.opts.Dial(ctx, t.network, t.addr)
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" {
+			return nil, fail("dial", oe.Err) // the address is in the label
+		}
+		return nil, fail("dial", err)
+	}
+	// Until the link is shared, the deadline simply closes the
+	// connection, which ends whatever exchange is under way.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	s := &link{t: t, conn: conn, done: make(chan struct{})}
+	failed := func(op string, err error) (*link, error) {
+		stop()
+		conn.Close()
+		return nil, fail(op, err)
+	}
 
 	// p9.NewClient uses its own msize whatever the server answers, so
 	// ask first and give it the smaller of the two. p9's client then
 	// sends its own Tversion, which starts the connection afresh.
-	var msize uint32
-	err = s.step(ctx, "version", "", func() error {
-		var err error
-		msize, err = exchangeVersion(conn, t.opts.Msize)
-		return err
-	})
+	msize, err := exchangeVersion(conn, t.opts.Msize)
 	if err != nil {
-		s.kill(err)
-		return nil, err
+		return failed("version", err)
 	}
-	err = s.step(ctx, "version", "", func() error {
-		c, err := p9.NewClient(conn, p9.WithMessageSize(msize))
-		s.client = c
-		return err
-	})
-	if err != nil {
-		s.kill(err)
-		return nil, err
+	if s.client, err = p9.NewClient(conn, p9.WithMessageSize(msize)); err != nil {
+		return failed("version", err)
 	}
-	err = s.step(ctx, "attach", "", func() error {
-		r, err := s.client.Attach(t.opts.Aname)
-		s.root = r
-		return err
-	})
-	if err != nil {
-		s.kill(err)
-		return nil, err
+	if s.root, err = s.client.Attach(t.opts.Aname); err != nil {
+		return failed("attach", err)
+	}
+	if !stop() {
+		return failed("attach", ctx.Err())
 	}
 	// p9's client splits reads and writes at msize less its largest
 	// fixed message part (153 bytes), rounded down to 512: stay at or
 	// below that, so that one step is one round trip.
 	s.payload = int(msize-256) &^ 511
+	s.heard.Store(time.Now().UnixNano())
 	return s, nil
 }
 
@@ -274,76 +555,44 @@ func (s *link) kill(cause error) bool {
 		first = true
 		s.cause = cause
 		s.dead.Store(true)
+		if s.installed.Load() {
+			// Before the close, so that a call that fails because of it
+			// finds the state already changed.
+			s.t.linkDown(s, cause)
+			s.t.log.Info("9P2000.L connection closed", "tier", s.t.label, "why", cause)
+		}
 		s.conn.Close()
-		s.t.log.Info("9P2000.L connection closed", "addr", s.t.addr, "why", cause)
+		close(s.done)
 	})
 	return first
 }
 
-// step runs one remote step, fn, under the timeout. If the server does
-// not answer in time the connection is closed, which makes fn fail at
-// once, and the error is a Timeout naming the server.
-//
-// A step that has begun is waited for: p9's client cannot flush a request,
-// and the request's buffers are the caller's. So ctx is checked before a
-// step, and a step's own bound is the timeout.
-func (s *link) step(ctx context.Context, op, path string, fn func() error) error {
-	if err := ctx.Err(); err != nil {
-		return &fs.Error{Op: op, Path: path, Kind: fs.KindOf(err), Err: err}
+// keepalive probes the link whenever it has heard nothing for every,
+// until the link ends. A probe that fails ends the link.
+func (s *link) keepalive(every time.Duration) {
+	defer s.t.wg.Done()
+	timer := time.NewTimer(every)
+	defer timer.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-timer.C:
+		}
+		if idle := time.Since(time.Unix(0, s.heard.Load())); idle < every {
+			timer.Reset(every - idle)
+			continue
+		}
+		err := s.step(s.t.ctx, "keepalive", "", func() error {
+			_, _, _, err := s.root.GetAttr(p9.AttrMask{Mode: true})
+			return err
+		})
+		if err != nil {
+			if s.t.ctx.Err() == nil {
+				s.kill(err)
+			}
+			return
+		}
+		timer.Reset(every)
 	}
-	if s.dead.Load() {
-		return s.deadErr(op, path)
-	}
-	var timedOut *fs.Error
-	var mu sync.Mutex
-	timer := time.AfterFunc(s.t.opts.Timeout, func() {
-		err := &fs.Error{Op: op, Path: path, Kind: fs.Timeout, Err: fmt.Errorf("%s did not answer within %v", s.t.addr, s.t.opts.Timeout)}
-		mu.Lock()
-		timedOut = err
-		mu.Unlock()
-		s.kill(err)
-	})
-	err := fn()
-	timer.Stop()
-	if err == nil {
-		return nil
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if timedOut != nil {
-		return timedOut
-	}
-	return s.mapErr(op, path, err)
-}
-
-// mapErr turns what p9's client returns into an fs error: an errno from
-// the server keeps its kind; anything else is a transport failure, which
-// ends the link.
-func (s *link) mapErr(op, path string, err error) error {
-	if err == nil || err == io.EOF {
-		return err
-	}
-	var le linux.Errno
-	if errors.As(err, &le) {
-		errno := syscall.Errno(le)
-		return &fs.Error{Op: op, Path: path, Kind: fs.KindOf(errno), Err: errno}
-	}
-	if !s.kill(err) {
-		return s.deadErr(op, path)
-	}
-	var fe *fs.Error
-	if errors.As(err, &fe) {
-		return err
-	}
-	return &fs.Error{Op: op, Path: path, Kind: fs.Unavailable, Err: fmt.Errorf("%s: %w", s.t.addr, err)}
-}
-
-// deadErr is the error of a call on a closed link: a Timeout if the
-// server stopped answering, else Unavailable.
-func (s *link) deadErr(op, path string) error {
-	kind := fs.Unavailable
-	if fs.KindOf(s.cause) == fs.Timeout {
-		kind = fs.Timeout
-	}
-	return &fs.Error{Op: op, Path: path, Kind: kind, Err: fmt.Errorf("connection to %s closed: %w", s.t.addr, s.cause)}
 }

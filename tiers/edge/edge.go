@@ -1,6 +1,6 @@
 // Package edge is the patent's first sub-cloud: the tier that holds the data
-// storage unit (/store) and serves it over 9P. For now it serves the store
-// alone; app requests and the link to the app edge come with the hierarchy.
+// storage unit (/store), one directory per client, and sends every app
+// request up to its app edge. StartStore serves the store alone.
 package edge
 
 import (

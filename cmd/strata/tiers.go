@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"strata/tiers/appedge"
+	"strata/tiers/cloud"
+	"strata/tiers/edge"
+	"strata/tiers/keyring"
+	"strata/tiers/tier"
+	"strata/tiers/wasm"
+)
+
+// tierFlags are the flags every `serve` of a tier takes.
+type tierFlags struct {
+	fl          *flag.FlagSet
+	listen      *string
+	local       *string
+	publicLocal *bool
+	data        *string
+	keys        *string
+	level       *string
+	grace       *time.Duration
+	callTimeout *time.Duration
+}
+
+func newTierFlags(name, listen, local string) *tierFlags {
+	fl := flag.NewFlagSet(name, flag.ContinueOnError)
+	return &tierFlags{
+		fl:          fl,
+		listen:      fl.String("listen", listen, "TCP `address` of the encrypted port"),
+		local:       fl.String("local", local, "TCP `address` of the plain 9P port for local tools (both dialects); empty for none"),
+		publicLocal: fl.Bool("public-local", false, "allow the plain port on a non-loopback address (it has no encryption or authentication)"),
+		data:        fl.String("data", "", "`directory` of the tier's data (created if missing)"),
+		keys:        fl.String("keys", "", "keyring `directory` made by strata keygen"),
+		level:       fl.String("log-level", "info", "log `level`: debug, info, warn, error"),
+		grace:       fl.Duration("shutdown-timeout", 5*time.Second, "how long to wait for connections at shutdown"),
+		callTimeout: fl.Duration("call-timeout", tier.DefaultCallTimeout, "budget of an invocation that starts at this tier"),
+	}
+}
+
+func (f *tierFlags) parse(args []string) (*slog.Logger, *keyring.Ring, error) {
+	if err := f.fl.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if *f.data == "" || *f.keys == "" || f.fl.NArg() != 0 {
+		f.fl.Usage()
+		return nil, nil, fmt.Errorf("%s: -data DIR and -keys DIR are required and no arguments are taken", f.fl.Name())
+	}
+	log, err := newLogger(*f.level)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := os.Stat(filepath.Join(*f.keys, keyring.KEKFile)); err != nil {
+		return nil, nil, fmt.Errorf("%s: no keyring in %s: run strata keygen -keys %s first", f.fl.Name(), *f.keys, *f.keys)
+	}
+	ring, err := keyring.Open(*f.keys, log.With("unit", "keys"))
+	return log, ring, err
+}
+
+func appLimitFlags(fl *flag.FlagSet) *wasm.Limits {
+	var l wasm.Limits
+	fl.DurationVar(&l.Timeout, "app-timeout", wasm.DefaultTimeout, "time limit of one app run")
+	fl.Func("app-memory-mib", fmt.Sprintf("memory cap of one app run in MiB (default %d)", wasm.DefaultMemoryMiB), func(s string) error {
+		var n uint32
+		_, err := fmt.Sscan(s, &n)
+		l.MemoryMiB = n
+		return err
+	})
+	return &l
+}
+
+// runServer waits for the server to stop or a signal, then shuts it down.
+func runServer(ctx context.Context, s *tier.Server, grace time.Duration) error {
+	werr := s.Wait(ctx)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+	defer cancel()
+	if err := s.Shutdown(sctx); err != nil && werr == nil {
+		werr = err
+	}
+	return werr
+}
+
+func serveCloud(ctx context.Context, args []string) error {
+	f := newTierFlags("serve cloud", "127.0.0.1:5640", "127.0.0.1:5641")
+	lim := appLimitFlags(f.fl)
+	log, ring, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	s, err := cloud.Start(ctx, cloud.Config{
+		Ports: tier.Ports{Listen: *f.listen, Local: *f.local, PublicLocal: *f.publicLocal,
+			Wrap: ring.Listen("cloud", keyring.MethodB, keyring.CloudPeers, log.With("unit", "link"))},
+		Data: *f.data, Limits: *lim, CallTimeout: *f.callTimeout, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	return runServer(ctx, s, *f.grace)
+}
+
+func serveAppEdge(ctx context.Context, args []string) error {
+	f := newTierFlags("serve appedge", "127.0.0.1:5650", "127.0.0.1:5651")
+	group := f.fl.String("group", "g1", "`name` of the group")
+	parent := f.fl.String("parent", "127.0.0.1:5640", "`address` of the cloud's encrypted port")
+	pin := f.fl.String("pin", "upper", "comma-separated `apps` always held here")
+	capMiB := f.fl.Int64("cap-mib", appedge.DefaultCapBytes>>20, "size cap in MiB of the replicas that are not pinned")
+	pullAfter := f.fl.Int("pull-after", tier.DefaultPullAfter, "misses of an app before it is pulled in as a replica (-1: never)")
+	refresh := f.fl.Duration("refresh", tier.DefaultRefresh, "how often replicas are checked against the cloud")
+	timeout := f.fl.Duration("timeout", 0, "bound of each step on the link to the cloud (0: default)")
+	lim := appLimitFlags(f.fl)
+	log, ring, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := keyring.CheckName("group", *group); err != nil {
+		return err
+	}
+	name := "appedge/" + *group
+	var pinned []string
+	for _, p := range strings.Split(*pin, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			pinned = append(pinned, p)
+		}
+	}
+	s, err := appedge.Start(ctx, appedge.Config{
+		Name: name,
+		Ports: tier.Ports{Listen: *f.listen, Local: *f.local, PublicLocal: *f.publicLocal,
+			Wrap: ring.Listen(name, keyring.MethodA, keyring.AppEdgePeers(*group), log.With("unit", "link"))},
+		Parent: tier.Parent{Name: "cloud", Addr: *parent, Dial: ring.Dial(name, keyring.LinkB(*group)), Timeout: *timeout},
+		Data:   *f.data, Pinned: pinned, CapBytes: *capMiB << 20, PullAfter: *pullAfter, Refresh: *refresh,
+		Limits: *lim, CallTimeout: *f.callTimeout, Log: log.With("tier", name),
+	})
+	if err != nil {
+		return err
+	}
+	return runServer(ctx, s, *f.grace)
+}
+
+func serveEdge(ctx context.Context, args []string) error {
+	f := newTierFlags("serve edge", "127.0.0.1:5652", "127.0.0.1:5653")
+	group := f.fl.String("group", "g1", "`name` of the group")
+	parent := f.fl.String("parent", "127.0.0.1:5650", "`address` of the app edge's encrypted port")
+	timeout := f.fl.Duration("timeout", 0, "bound of each step on the link to the app edge (0: default)")
+	log, ring, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := keyring.CheckName("group", *group); err != nil {
+		return err
+	}
+	name := "edge/" + *group
+	s, err := edge.Start(ctx, edge.Config{
+		Name: name,
+		Ports: tier.Ports{Listen: *f.listen, Local: *f.local, PublicLocal: *f.publicLocal,
+			Wrap: ring.Listen(name, keyring.MethodClient, keyring.EdgePeers, log.With("unit", "link"))},
+		Parent:      tier.Parent{Name: "appedge/" + *group, Addr: *parent, Dial: ring.Dial(name, keyring.LinkA(*group)), Timeout: *timeout},
+		Data:        *f.data,
+		CallTimeout: *f.callTimeout, Log: log.With("tier", name),
+	})
+	if err != nil {
+		return err
+	}
+	return runServer(ctx, s, *f.grace)
+}

@@ -1,0 +1,155 @@
+package link
+
+import (
+	"fmt"
+	"io"
+)
+
+// Record types.
+const (
+	recHello    byte = 'H'
+	recFinished byte = 'F'
+	recRefusal  byte = 'R'
+	recData     byte = 'D'
+	recClose    byte = 'C'
+)
+
+// MaxFramePayload is the most plaintext one data frame carries. A larger
+// Write is split into frames of this size.
+const MaxFramePayload = 64 << 10
+
+const (
+	headerSize = 4 // type, 3-byte length
+
+	// frameOverhead bounds what an AEAD ciphertext adds to its plaintext:
+	// the 5-byte Tink prefix, a nonce of up to 24 bytes, a 16-byte tag.
+	frameOverhead = 64
+
+	// maxFrameBody is the largest frame body a reader accepts.
+	maxFrameBody = MaxFramePayload + frameOverhead
+
+	// maxHandshakeBody is the largest handshake record a reader accepts.
+	maxHandshakeBody = 2048
+
+	// maxRefusal is the longest refusal reason sent or shown.
+	maxRefusal = 512
+
+	// initialReadBuf is a link's read buffer until a large frame comes.
+	initialReadBuf = 8 << 10
+
+	// readBufSize holds several whole frames, so one read syscall can
+	// bring in more than one.
+	readBufSize = 4*(headerSize+maxFrameBody) + 4096
+
+	// writeBatch is how many frames one write system call carries at most.
+	writeBatch = 4
+
+	// maxWriteBuf holds one batch of sealed frames.
+	maxWriteBuf = writeBatch * (headerSize + maxFrameBody)
+)
+
+// errRecordTooLong reports a record whose declared length is beyond the
+// reader's limit.
+type errRecordTooLong struct{ n, limit int }
+
+func (e errRecordTooLong) Error() string {
+	return fmt.Sprintf("record of %d bytes exceeds the limit of %d", e.n, e.limit)
+}
+
+func putHeader(b []byte, typ byte, n int) {
+	b[0] = typ
+	b[1] = byte(n >> 16)
+	b[2] = byte(n >> 8)
+	b[3] = byte(n)
+}
+
+func headerLen(b []byte) int { return int(b[1])<<16 | int(b[2])<<8 | int(b[3]) }
+
+// appendRecord appends a whole record to dst.
+func appendRecord(dst []byte, typ byte, body []byte) []byte {
+	var h [headerSize]byte
+	putHeader(h[:], typ, len(body))
+	return append(append(dst, h[:]...), body...)
+}
+
+// recordReader splits a byte stream into records. It keeps what it has
+// read when the underlying Read fails, so a read that times out can be
+// retried without losing the stream's place. Its buffer starts small and
+// grows once to readBufSize when a record needs it.
+type recordReader struct {
+	r          io.Reader
+	buf        []byte
+	start, end int
+}
+
+func newRecordReader(r io.Reader, size int) *recordReader {
+	return &recordReader{r: r, buf: make([]byte, size)}
+}
+
+// fill makes at least n bytes available from start. At the end of the
+// stream it returns io.EOF if nothing is buffered, else io.ErrUnexpectedEOF.
+func (rr *recordReader) fill(n int) error {
+	if rr.end-rr.start >= n {
+		return nil
+	}
+	switch {
+	case n > len(rr.buf):
+		nb := make([]byte, max(n, readBufSize))
+		rr.end = copy(nb, rr.buf[rr.start:rr.end])
+		rr.start, rr.buf = 0, nb
+	case rr.start == rr.end:
+		rr.start, rr.end = 0, 0
+	case len(rr.buf)-rr.start < n:
+		rr.end = copy(rr.buf, rr.buf[rr.start:rr.end])
+		rr.start = 0
+	}
+	for empty := 0; rr.end-rr.start < n; {
+		m, err := rr.r.Read(rr.buf[rr.end:])
+		rr.end += m
+		if rr.end-rr.start >= n {
+			return nil
+		}
+		if err != nil {
+			if err == io.EOF && rr.end > rr.start {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if m == 0 {
+			if empty++; empty > 100 {
+				return io.ErrNoProgress
+			}
+		}
+	}
+	return nil
+}
+
+// next returns the next record. body aliases the buffer and is valid
+// until the following call. On error nothing is consumed.
+func (rr *recordReader) next(limit int) (typ byte, body []byte, err error) {
+	if err := rr.fill(headerSize); err != nil {
+		return 0, nil, err
+	}
+	h := rr.buf[rr.start : rr.start+headerSize]
+	n := headerLen(h)
+	if n > limit {
+		return h[0], nil, errRecordTooLong{n, limit}
+	}
+	if err := rr.fill(headerSize + n); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return h[0], nil, err
+	}
+	typ = rr.buf[rr.start]
+	body = rr.buf[rr.start+headerSize : rr.start+headerSize+n]
+	rr.start += headerSize + n
+	return typ, body, nil
+}
+
+// buffered reports whether a whole record is already in the buffer, so
+// next would return without reading.
+func (rr *recordReader) buffered() bool {
+	avail := rr.end - rr.start
+	return avail >= headerSize && avail >= headerSize+headerLen(rr.buf[rr.start:])
+}

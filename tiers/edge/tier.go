@@ -1,0 +1,84 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"strata/fs"
+	"strata/fs/store"
+	"strata/tiers/tier"
+)
+
+// Config is an edge's place, ports and parent.
+type Config struct {
+	Name   string // "edge/g1"
+	Ports  tier.Ports
+	Parent tier.Parent
+	// Data holds store/, one directory per client.
+	Data        string
+	CallTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// Start opens the store, mounts the parent and serves. Each client sees
+// its own directory of the store as /store; the plain local port's
+// sessions are the client "local".
+func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	st, err := store.Open(filepath.Join(cfg.Data, "store"), log.With("unit", "store"))
+	if err != nil {
+		return nil, fmt.Errorf("%s: opening the store: %w", cfg.Name, err)
+	}
+	parent := cfg.Parent.Mount(log.With("unit", "parent"))
+	t, err := tier.New(tier.Config{
+		Role: tier.Edge, Name: cfg.Name, Parent: parent, ParentName: cfg.Parent.Name,
+		Store:       func(ctx context.Context, peer string) (fs.Dir, error) { return clientStore(ctx, st.Root(), peer) },
+		CallTimeout: cfg.CallTimeout, Log: log,
+	})
+	if err == nil {
+		var s *tier.Server
+		s, err = tier.Serve(ctx, t, cfg.Ports, log)
+		if err == nil {
+			s.OnShutdown(func() { st.Close() })
+			s.OnShutdown(func() { parent.Close() })
+			return s, nil
+		}
+	}
+	parent.Close()
+	st.Close()
+	return nil, err
+}
+
+// clientStore is the directory of the store that peer sees, made on first
+// use.
+func clientStore(ctx context.Context, root fs.Dir, peer string) (fs.Dir, error) {
+	if err := fs.CheckName("attach", peer); err != nil {
+		return nil, err
+	}
+	n, err := root.Lookup(ctx, peer)
+	if fs.KindOf(err) == fs.NotExist {
+		d, err := root.Mkdir(ctx, peer, 0o755)
+		if fs.KindOf(err) == fs.Exist {
+			n, err = root.Lookup(ctx, peer)
+		} else if err == nil {
+			return d, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	d, ok := n.(fs.Dir)
+	if !ok {
+		return nil, &fs.Error{Op: "attach", Path: peer, Kind: fs.NotDir, Err: errors.New("the client's store is not a directory")}
+	}
+	return d, nil
+}

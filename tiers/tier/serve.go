@@ -1,0 +1,184 @@
+package tier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"strata/fs/ninep"
+	"strata/mount/remote"
+)
+
+// Ports says where a tier is served.
+type Ports struct {
+	// Listen is the TCP address of the encrypted port ("" for none).
+	Listen string
+	// Wrap turns the encrypted port's TCP listener into one whose
+	// connections have passed the link handshake.
+	Wrap func(net.Listener) net.Listener
+	// Local is the TCP address of the plain 9P port for local tools
+	// ("" for none). It must be a loopback address unless PublicLocal.
+	Local string
+	// PublicLocal allows the plain port on a non-loopback address.
+	PublicLocal bool
+}
+
+// Server serves a tier on its ports.
+type Server struct {
+	t      *Tier
+	srv    *ninep.Server
+	addr   net.Addr
+	local  net.Addr
+	log    *slog.Logger
+	errc   chan error
+	closed sync.Once
+
+	mu    sync.Mutex
+	after []func()
+}
+
+// CheckLoopback reports an error unless addr's host is a loopback
+// address (or "localhost").
+func CheckLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("bad address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("the plain 9P port %s is not on a loopback address: it has no encryption or authentication (pass the flag that allows it explicitly)", addr)
+	}
+	return nil
+}
+
+// Serve starts serving t on ports. It returns once the ports listen.
+func Serve(ctx context.Context, t *Tier, p Ports, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if p.Local != "" && !p.PublicLocal {
+		if err := CheckLoopback(p.Local); err != nil {
+			return nil, fmt.Errorf("%s: %w", t.cfg.Name, err)
+		}
+	}
+	if p.Listen != "" && p.Wrap == nil {
+		return nil, fmt.Errorf("%s: the encrypted port %s has no link configuration", t.cfg.Name, p.Listen)
+	}
+	s := &Server{t: t, log: log, errc: make(chan error, 2)}
+	s.srv = &ninep.Server{Attach: t.Attach, Log: log.With("unit", "9p")}
+	var lc net.ListenConfig
+	var lns []net.Listener
+	fail := func(err error) (*Server, error) {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		return nil, err
+	}
+	if p.Listen != "" {
+		ln, err := lc.Listen(ctx, "tcp", p.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("%s: listening on %s: %w", t.cfg.Name, p.Listen, err))
+		}
+		lns = append(lns, ln)
+		s.addr = ln.Addr()
+		lns[len(lns)-1] = p.Wrap(ln)
+	}
+	if p.Local != "" {
+		ln, err := lc.Listen(ctx, "tcp", p.Local)
+		if err != nil {
+			return fail(fmt.Errorf("%s: listening on %s: %w", t.cfg.Name, p.Local, err))
+		}
+		lns = append(lns, ln)
+		s.local = ln.Addr()
+	}
+	for _, ln := range lns {
+		go func() { s.errc <- s.srv.Serve(context.WithoutCancel(ctx), ln) }()
+	}
+	log.Info("serving", "tier", t.cfg.Name, "addr", addrString(s.addr), "local", addrString(s.local))
+	return s, nil
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// Addr is the encrypted port's address ("" if none).
+func (s *Server) Addr() string { return addrString(s.addr) }
+
+// Local is the plain port's address ("" if none).
+func (s *Server) Local() string { return addrString(s.local) }
+
+// Tier is the tier served.
+func (s *Server) Tier() *Tier { return s.t }
+
+// Wait blocks until a port fails or ctx ends.
+func (s *Server) Wait(ctx context.Context) error {
+	select {
+	case err := <-s.errc:
+		if errors.Is(err, ninep.ErrServerClosed) {
+			return nil
+		}
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+// Shutdown stops the ports, closes the connections (waiting for them up to
+// ctx's deadline) and stops the tier's background work.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var err error
+	s.closed.Do(func() {
+		err = s.srv.Shutdown(ctx)
+		s.t.Close()
+		s.mu.Lock()
+		after := s.after
+		s.mu.Unlock()
+		for i := len(after) - 1; i >= 0; i-- {
+			after[i]()
+		}
+	})
+	return err
+}
+
+// Parent says how a tier reaches its parent.
+type Parent struct {
+	Name string // "cloud", "appedge/g1"
+	Addr string // TCP address of the parent's encrypted port
+	// Dial opens the link (the encrypted channel) to Addr.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Timeout bounds each remote step (remote.DefaultTimeout if zero).
+	Timeout time.Duration
+	// Keepalive probes an idle link this often (0: DefaultKeepalive).
+	Keepalive time.Duration
+}
+
+// DefaultKeepalive is how often an idle parent link is probed.
+const DefaultKeepalive = 5 * time.Second
+
+// Mount returns the parent's namespace as a tree. It does not connect
+// until first used, so a tier starts even when its parent is down.
+func (p Parent) Mount(log *slog.Logger) *remote.Tree {
+	ka := p.Keepalive
+	if ka == 0 {
+		ka = DefaultKeepalive
+	}
+	return remote.New("tcp", p.Addr, remote.Options{Name: p.Name, Dial: p.Dial, Timeout: p.Timeout, Keepalive: ka, Log: log})
+}
+
+// OnShutdown adds fn to what Shutdown does after the ports are closed.
+func (s *Server) OnShutdown(fn func()) {
+	s.mu.Lock()
+	s.after = append(s.after, fn)
+	s.mu.Unlock()
+}
