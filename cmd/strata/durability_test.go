@@ -60,6 +60,11 @@ func (l *logBuffer) WriteString(s string) {
 	l.b.WriteString(s)
 }
 
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.WriteString(string(p))
+	return len(p), nil
+}
+
 func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -231,3 +231,16 @@ func storeRoundTrip(addr, name, data string) error {
 	}
 	return nil
 }
+
+// readStore reads name from the /store of a tier's plain port.
+func readStore(addr, name string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tree, err := remote.Dial(ctx, "tcp", addr, remote.Options{Timeout: 3 * time.Second})
+	if err != nil {
+		return "", err
+	}
+	defer tree.Close()
+	b, err := readRemote(ctx, tree, "store/"+name)
+	return string(b), err
+}

@@ -136,7 +136,7 @@ func serveAppEdge(ctx context.Context, args []string) error {
 			Wrap: ring.Listen(name, keyring.MethodA, keyring.AppEdgePeers(*group), log.With("unit", "link"))},
 		Parent: tier.Parent{Name: "cloud", Addr: *parent, Dial: ring.Dial(name, keyring.LinkB(*group)), Timeout: *timeout},
 		Data:   *f.data, Pinned: pinned, CapBytes: *capMiB << 20, PullAfter: *pullAfter, Refresh: *refresh,
-		Limits: *lim, CallTimeout: *f.callTimeout, Log: log.With("tier", name),
+		Limits: *lim, CallTimeout: *f.callTimeout, Log: log,
 	})
 	if err != nil {
 		return err
@@ -163,7 +163,7 @@ func serveEdge(ctx context.Context, args []string) error {
 			Wrap: ring.Listen(name, keyring.MethodClient, keyring.EdgePeers, log.With("unit", "link"))},
 		Parent:      tier.Parent{Name: "appedge/" + *group, Addr: *parent, Dial: ring.Dial(name, keyring.LinkA(*group)), Timeout: *timeout},
 		Data:        *f.data,
-		CallTimeout: *f.callTimeout, Log: log.With("tier", name),
+		CallTimeout: *f.callTimeout, Log: log,
 	})
 	if err != nil {
 		return err

@@ -47,6 +47,7 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With("tier", cfg.Name)
 	if cfg.CapBytes == 0 {
 		cfg.CapBytes = DefaultCapBytes
 	}

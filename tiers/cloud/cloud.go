@@ -38,6 +38,7 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With("tier", cfg.Name)
 	apps, err := repo.Open(filepath.Join(cfg.Data, "apps"), repo.Options{Backup: filepath.Join(cfg.Data, "backup"), Log: log.With("unit", "apps")})
 	if err != nil {
 		return nil, fmt.Errorf("%s: opening the apps: %w", cfg.Name, err)

@@ -32,6 +32,7 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With("tier", cfg.Name)
 	st, err := store.Open(filepath.Join(cfg.Data, "store"), log.With("unit", "store"))
 	if err != nil {
 		return nil, fmt.Errorf("%s: opening the store: %w", cfg.Name, err)

@@ -112,7 +112,9 @@ type App struct {
 	Version  uint64    // 1 at the first deploy of ID, one more at each later one
 	Deployed time.Time // when this version was stored here
 	Pinned   bool      // never evicted
-	Module   []byte    // the module; nil from Stat, List and Put
+	// Module is the module; nil from Stat, List and Put. It may be shared
+	// with the repository's cache and with other callers: read it only.
+	Module []byte
 }
 
 // Repo is a store of app modules. Its methods are safe for concurrent use.
@@ -471,7 +473,7 @@ func (r *Repo) Get(ctx context.Context, id string) (App, error) {
 
 	if c != nil && c.hash == rec.Hash {
 		if key, err := r.pri.statKey(moduleName(id)); err == nil && key == c.key {
-			return rec.withModule(slices.Clone(c.mod)), nil
+			return rec.withModule(c.mod), nil
 		}
 	}
 	if mod, key, err := r.pri.read(rec); err == nil {
@@ -538,7 +540,7 @@ func (r *Repo) remember(rec record, key statKey, mod []byte) []byte {
 	if !r.cache.put(rec.ID, &cached{hash: rec.Hash, key: key, mod: mod, used: r.tick}) {
 		return mod
 	}
-	return slices.Clone(mod)
+	return mod
 }
 
 // restore rewrites the copy of rec in s from mod, which matches rec. The

@@ -149,7 +149,12 @@ func (d *appsDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 		}
 		return nil, &fs.Error{Op: "lookup", Path: "apps/" + name, Kind: fs.NotExist, Err: fmt.Errorf("app %s is not deployed", name)}
 	}
-	if _, err := d.t.cfg.Parent.Dir("apps").Lookup(ctx, name); err != nil {
+	if d.t.seenUp(name) {
+		return &appDir{t: d.t, s: d.s, id: name}, nil
+	}
+	if _, err := d.t.cfg.Parent.Dir("apps").Lookup(ctx, name); err == nil {
+		d.t.markSeenUp(name)
+	} else {
 		if fs.KindOf(err) == fs.NotExist {
 			return nil, d.t.parentErr("lookup", "apps/"+name, err)
 		}
@@ -159,6 +164,26 @@ func (d *appsDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 		d.t.log.Debug("parent unreachable at lookup", "app", name, "err", err)
 	}
 	return &appDir{t: d.t, s: d.s, id: name}, nil
+}
+
+// lookupTTL is how long a tier trusts that its parent has an app: a walk
+// to an app within it costs no round trip to the parent.
+const lookupTTL = time.Second
+
+func (t *Tier) seenUp(name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.upSeen[name]
+	return ok && time.Since(at) < lookupTTL
+}
+
+func (t *Tier) markSeenUp(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.upSeen) > 4096 {
+		clear(t.upSeen)
+	}
+	t.upSeen[name] = time.Now()
 }
 
 // parentErr names the parent in an error from its tree.

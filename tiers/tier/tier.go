@@ -87,7 +87,8 @@ type Config struct {
 	Refresh time.Duration
 	// MaxInput caps a request (DefaultMaxInput if zero).
 	MaxInput int
-	// Log receives one line per invocation and the tier's events.
+	// Log receives one line per invocation and the tier's events; the
+	// caller names the tier in it.
 	Log *slog.Logger
 }
 
@@ -107,6 +108,8 @@ type Tier struct {
 	// pendingApps are app directories made at the cloud whose module has
 	// not been written yet.
 	pendingApps map[string]bool
+	// upSeen is when the parent last said it has an app.
+	upSeen map[string]time.Time
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -159,13 +162,14 @@ func New(cfg Config) (*Tier, error) {
 	}
 	return &Tier{
 		cfg:     cfg,
-		log:     log.With("tier", cfg.Name),
+		log:     log,
 		rec:     call.NewRecorder(0, 0),
 		start:   time.Now(),
 		perApp:  map[string]*appStats{},
 		pulling: map[string]bool{},
 
 		pendingApps: map[string]bool{},
+		upSeen:      map[string]time.Time{},
 		stop:        make(chan struct{}),
 	}, nil
 }
@@ -367,7 +371,9 @@ func Forward(ctx context.Context, parent *remote.Tree, req *call.Request) (*call
 	if err != nil {
 		return nil, err
 	}
-	defer h.Close(context.WithoutCancel(ctx))
+	// The clunk's answer says nothing about the call: send it without
+	// waiting for it.
+	defer func() { go h.Close(context.WithoutCancel(ctx)) }()
 	msg := call.EncodeRequest(&fwd)
 	if _, err := h.WriteAt(ctx, msg, 0); err != nil {
 		return nil, err

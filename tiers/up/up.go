@@ -203,7 +203,7 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 			Listen: port(cfg.Port, 0), Local: port(cfg.Port, 1),
 			Wrap: ring.Listen("cloud", keyring.MethodB, keyring.CloudPeers, log.With("tier", "cloud", "unit", "link")),
 		},
-		Data: filepath.Join(cfg.Dir, "cloud"), Limits: cfg.Limits, WasmCache: cfg.WasmCache, CallTimeout: cfg.CallTimeout, Log: log.With("tier", "cloud"),
+		Data: filepath.Join(cfg.Dir, "cloud"), Limits: cfg.Limits, WasmCache: cfg.WasmCache, CallTimeout: cfg.CallTimeout, Log: log,
 	})
 	if err != nil {
 		return h, err
@@ -230,7 +230,7 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 			Parent: tier.Parent{Name: "cloud", Addr: c.Addr(), Dial: ring.Dial(an, keyring.LinkB(g)), Timeout: cfg.Timeout},
 			Data:   filepath.Join(cfg.Dir, g, "appedge"), Pinned: PinnedApps,
 			PullAfter: cfg.PullAfter, Refresh: cfg.Refresh, Limits: cfg.Limits, CallTimeout: cfg.CallTimeout, WasmCache: cfg.WasmCache,
-			Log: log.With("tier", an),
+			Log: log,
 		})
 		if err != nil {
 			return h, err
@@ -245,7 +245,7 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 			},
 			Parent:      tier.Parent{Name: an, Addr: ae.Addr(), Dial: ring.Dial(en, keyring.LinkA(g)), Timeout: cfg.Timeout},
 			Data:        filepath.Join(cfg.Dir, g, "edge"),
-			CallTimeout: cfg.CallTimeout, Log: log.With("tier", en),
+			CallTimeout: cfg.CallTimeout, Log: log,
 		})
 		if err != nil {
 			return h, err

@@ -354,7 +354,8 @@ func TestP9ClientAndClientStores(t *testing.T) {
 // A retried request ID gets the recorded reply: the app does not run
 // again at any tier.
 func TestRetrySameID(t *testing.T) {
-	h := start(t, Config{})
+	var logs syncBuffer
+	h := start(t, Config{Log: slog.New(slog.NewTextHandler(&logs, nil))})
 	edgeTree, err := remote.Dial(context.Background(), "tcp", h.Groups[0].Edge.Local(), remote.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -382,6 +383,18 @@ func TestRetrySameID(t *testing.T) {
 	est := readFile(t, client(t, h.Groups[0].Edge.Local()), "status")
 	if !strings.Contains(est, "replayed 2") {
 		t.Fatalf("the edge did not replay:\n%s", est)
+	}
+	// Every tier that handled it logged its ID.
+	for _, tierName := range []string{"edge/g1", "appedge/g1", "cloud"} {
+		found := false
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, "tier="+tierName+" ") && strings.Contains(line, "msg=invocation ") && strings.Contains(line, "id="+id) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no log line of %s names request %s", tierName, id)
+		}
 	}
 }
 
@@ -493,4 +506,21 @@ func TestMissesPullReplica(t *testing.T) {
 	if w := readFile(t, root, "apps/wc/where"); !strings.HasPrefix(w, "appedge/g1\n") {
 		t.Fatalf("wc after pulling ran at %q", w)
 	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
