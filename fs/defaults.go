@@ -2,6 +2,9 @@ package fs
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	iofs "io/fs"
 	"strings"
 )
@@ -93,4 +96,30 @@ func Walk(ctx context.Context, d Dir, p string) (Node, error) {
 		n = c
 	}
 	return n, nil
+}
+
+// ReadAll opens f for reading and reads it to EOF, failing with TooLarge
+// past max bytes. It suits files with no size in advance (ctl answers,
+// status files), which it reads until a read returns nothing.
+func ReadAll(ctx context.Context, f File, max int) ([]byte, error) {
+	h, err := f.Open(ctx, ReadOnly)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close(context.WithoutCancel(ctx))
+	var out []byte
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := h.ReadAt(ctx, buf, int64(len(out)))
+		out = append(out, buf[:n]...)
+		if len(out) > max {
+			return nil, &Error{Op: "read", Kind: TooLarge, Err: fmt.Errorf("more than %d bytes", max)}
+		}
+		if errors.Is(err, io.EOF) || (err == nil && n == 0) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }

@@ -248,21 +248,5 @@ func statusCmd(ctx context.Context, args []string) error {
 }
 
 func readRemote(ctx context.Context, tree *remote.Tree, p string) ([]byte, error) {
-	h, err := tree.File(p).Open(ctx, fs.ReadOnly)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close(ctx)
-	var out []byte
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := h.ReadAt(ctx, buf, int64(len(out)))
-		out = append(out, buf[:n]...)
-		if err == io.EOF || (err == nil && n == 0) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
+	return fs.ReadAll(ctx, tree.File(p), 64<<20)
 }

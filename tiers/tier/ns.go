@@ -393,7 +393,7 @@ func (t *Tier) wouldRun(ctx context.Context, id string) ([]byte, error) {
 			return fmt.Appendf(nil, "%s\nwould run at %s: replica hit (version %d)\n", t.cfg.Name, t.cfg.Name, app.Version), nil
 		}
 	}
-	up, err := readAll(ctx, t.cfg.Parent.File("apps/"+id+"/where"), 64<<10)
+	up, err := fs.ReadAll(ctx, t.cfg.Parent.File("apps/"+id+"/where"), 64<<10)
 	if err != nil {
 		return nil, t.parentErr("read", "apps/"+id+"/where", err)
 	}
@@ -647,7 +647,7 @@ func (t *Tier) module(ctx context.Context, id string) ([]byte, error) {
 			return nil, err
 		}
 	}
-	mod, err := readAll(ctx, t.cfg.Parent.File("apps/"+id+"/module.wasm"), MaxModule)
+	mod, err := fs.ReadAll(ctx, t.cfg.Parent.File("apps/"+id+"/module.wasm"), MaxModule)
 	if err != nil {
 		return nil, t.parentErr("read", "apps/"+id+"/module.wasm", err)
 	}
@@ -760,28 +760,4 @@ type bytesHandle struct {
 
 func (h *bytesHandle) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 	return readAt(h.b, p, off)
-}
-
-// readAll reads the whole of a (small) file, up to max bytes.
-func readAll(ctx context.Context, f fs.File, max int) ([]byte, error) {
-	h, err := f.Open(ctx, fs.ReadOnly)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close(context.WithoutCancel(ctx))
-	var out []byte
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := h.ReadAt(ctx, buf, int64(len(out)))
-		out = append(out, buf[:n]...)
-		if len(out) > max {
-			return nil, &fs.Error{Op: "read", Kind: fs.TooLarge, Err: fmt.Errorf("more than %d bytes", max)}
-		}
-		if err == io.EOF || (err == nil && n == 0) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
 }

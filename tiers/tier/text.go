@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"strata/fs"
 	"strata/tiers/wasm"
 )
 
@@ -54,7 +55,7 @@ func (t *Tier) info(ctx context.Context, id string) ([]byte, error) {
 	}
 	fmt.Fprintf(&b, "invocations %d\nfailed %d\n", as.invocations, as.failed)
 	if t.cfg.Parent != nil {
-		up, err := readAll(ctx, t.cfg.Parent.File("apps/"+id+"/info"), 64<<10)
+		up, err := fs.ReadAll(ctx, t.cfg.Parent.File("apps/"+id+"/info"), 64<<10)
 		if err != nil {
 			fmt.Fprintf(&b, "# %s\nunreachable %s\n", t.cfg.ParentName, oneLine(err.Error()))
 		} else {

@@ -429,7 +429,7 @@ func (t *Tier) pullLater(app string) {
 // pull copies app from the parent if the parent's version differs from
 // the one held.
 func (t *Tier) pull(ctx context.Context, app string) error {
-	info, err := readAll(ctx, t.cfg.Parent.File("apps/"+app+"/info"), 64<<10)
+	info, err := fs.ReadAll(ctx, t.cfg.Parent.File("apps/"+app+"/info"), 64<<10)
 	if err != nil {
 		return err
 	}
@@ -440,7 +440,7 @@ func (t *Tier) pull(ctx context.Context, app string) error {
 	if held, err := t.cfg.Apps.Stat(app); err == nil && held.Hash == hash && held.Version == version {
 		return nil
 	}
-	mod, err := readAll(ctx, t.cfg.Parent.File("apps/"+app+"/module.wasm"), MaxModule)
+	mod, err := fs.ReadAll(ctx, t.cfg.Parent.File("apps/"+app+"/module.wasm"), MaxModule)
 	if err != nil {
 		return err
 	}

@@ -251,24 +251,7 @@ func readFile(t *testing.T, root fs.Dir, p string) string {
 }
 
 func readAllFile(f fs.File) ([]byte, error) {
-	ctx := context.Background()
-	h, err := f.Open(ctx, fs.ReadOnly)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close(ctx)
-	var out []byte
-	buf := make([]byte, 8192)
-	for {
-		n, err := h.ReadAt(ctx, buf, int64(len(out)))
-		out = append(out, buf[:n]...)
-		if err == io.EOF || (err == nil && n == 0) {
-			return out, nil
-		}
-		if err != nil {
-			return out, err
-		}
-	}
+	return fs.ReadAll(context.Background(), f, 64<<20)
 }
 
 func invoke(t *testing.T, root fs.Dir, app, input string) (string, error) {
