@@ -51,7 +51,7 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 		apps.Close()
 		return nil, fmt.Errorf("%s: starting the wasm runtime: %w", cfg.Name, err)
 	}
-	t, err := tier.New(tier.Config{Role: tier.Cloud, Name: cfg.Name, Apps: apps, Runtime: rt, Limits: cfg.Limits, CallTimeout: cfg.CallTimeout, Log: log})
+	t, err := tier.New(tier.Config{Role: tier.Cloud, Name: cfg.Name, Apps: apps, Runtime: rt, Limits: cfg.Limits, LimitsFile: filepath.Join(cfg.Data, "limits.json"), CallTimeout: cfg.CallTimeout, Log: log})
 	if err != nil {
 		rt.Close(ctx)
 		apps.Close()

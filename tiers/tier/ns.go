@@ -287,7 +287,7 @@ type appDir struct {
 	id string
 }
 
-var appFiles = []string{"calls", "ctl", "err", "info", "module.wasm", "out", "where"}
+var appFiles = []string{"calls", "ctl", "err", "info", "limits", "module.wasm", "out", "where"}
 
 func (a *appDir) Stat(context.Context) (fs.Info, error) { return dirInfo(a.id), nil }
 
@@ -308,6 +308,8 @@ func (a *appDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 		return &moduleFile{a: a}, nil
 	case "calls":
 		return &callsDir{a: a}, nil
+	case "limits":
+		return &limitsFile{a: a}, nil
 	}
 	if err := fs.CheckName("lookup", name); err != nil {
 		return nil, err
@@ -323,6 +325,9 @@ func (a *appDir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 			infos = append(infos, dirInfo(n))
 		case "ctl":
 			infos = append(infos, fs.Info{Name: n, Mode: 0o666, ModTime: time.Now(), Stream: true})
+		case "limits":
+			in, _ := (&limitsFile{a: a}).Stat(ctx)
+			infos = append(infos, in)
 		case "module.wasm":
 			mode := iofs.FileMode(0o444)
 			if a.t.cfg.Role == Cloud {

@@ -35,6 +35,9 @@ func (t *Tier) info(ctx context.Context, id string) ([]byte, error) {
 		}
 		fmt.Fprintf(&b, "version %d\nhash %s\nsize %d\ndeployed %s\n", app.Version, app.Hash, app.Size, app.Deployed.UTC().Format(time.RFC3339))
 		b.WriteString("backup yes: a second copy, checked by hash at each read\n")
+		if lim, own := t.hasOwnLimits(id); own {
+			fmt.Fprintf(&b, "limit-timeout %s\nlimit-memory-mib %d\n", orDur(lim.Timeout, wasm.DefaultTimeout), orMiB(lim.MemoryMiB))
+		}
 	case AppEdge:
 		if app, err := t.cfg.Apps.Stat(id); err == nil {
 			pin := ""
@@ -110,7 +113,7 @@ func (t *Tier) status(ctx context.Context) ([]byte, error) {
 	}
 	fmt.Fprintf(&b, "call-timeout %s\n", t.cfg.CallTimeout)
 	if t.cfg.Runtime != nil {
-		fmt.Fprintf(&b, "app-time-limit %s\napp-memory-mib %d\n", orDur(t.cfg.Limits.Timeout, wasm.DefaultTimeout), t.cfg.Limits.MemoryMiB)
+		fmt.Fprintf(&b, "app-time-limit %s\napp-memory-mib %d\n", orDur(t.cfg.Limits.Timeout, wasm.DefaultTimeout), orMiB(t.cfg.Limits.MemoryMiB))
 	}
 	fmt.Fprintf(&b, "invocations %d\nran-here %d\nforwarded %d\nreplayed %d\nfailed %d\nrecorded %d\n",
 		t.stats.invocations.Load(), t.stats.ranHere.Load(), t.stats.forwarded.Load(), t.stats.replayed.Load(), t.stats.failed.Load(), t.rec.Len())

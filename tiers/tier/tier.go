@@ -64,8 +64,10 @@ type Config struct {
 	Apps *repo.Repo
 	// Runtime runs apps; nil at an edge.
 	Runtime *wasm.Runtime
-	// Limits bound each run of an app here.
+	// Limits bound each run of an app here, unless the app has its own.
 	Limits wasm.Limits
+	// LimitsFile keeps the apps' own limits (cloud only; "" for none).
+	LimitsFile string
 	// Parent is the parent tier's namespace; nil at the cloud.
 	Parent *remote.Tree
 	// ParentName names the parent in errors ("cloud", "appedge/g1").
@@ -110,6 +112,8 @@ type Tier struct {
 	pendingApps map[string]bool
 	// upSeen is when the parent last said it has an app.
 	upSeen map[string]time.Time
+	// appLimits are the apps' own limits.
+	appLimits map[string]wasm.Limits
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -160,7 +164,7 @@ func New(cfg Config) (*Tier, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Tier{
+	t := &Tier{
 		cfg:     cfg,
 		log:     log,
 		rec:     call.NewRecorder(0, 0),
@@ -170,8 +174,13 @@ func New(cfg Config) (*Tier, error) {
 
 		pendingApps: map[string]bool{},
 		upSeen:      map[string]time.Time{},
+		appLimits:   map[string]wasm.Limits{},
 		stop:        make(chan struct{}),
-	}, nil
+	}
+	if err := t.loadLimits(); err != nil {
+		return nil, fmt.Errorf("tier %s: %w", cfg.Name, err)
+	}
+	return t, nil
 }
 
 // Name is the tier's name.
@@ -314,7 +323,7 @@ func (t *Tier) runHere(ctx context.Context, req *call.Request, why string) *call
 		r.Transient = fs.KindOf(err) != fs.NotExist
 		return r
 	}
-	lim := t.cfg.Limits
+	lim := t.limitsFor(req.App)
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
 		if lim.Timeout <= 0 {
@@ -436,6 +445,9 @@ func (t *Tier) pull(ctx context.Context, app string) error {
 	version, hash, err := ParseInfo(info)
 	if err != nil {
 		return fmt.Errorf("info of %s at %s: %w", app, t.cfg.ParentName, err)
+	}
+	if lim, ok, err := ParseLimits(info, "limit-"); err == nil {
+		t.setLimits(app, lim, ok)
 	}
 	if held, err := t.cfg.Apps.Stat(app); err == nil && held.Hash == hash && held.Version == version {
 		return nil

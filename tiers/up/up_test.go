@@ -507,3 +507,74 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// An app's own limits, set at the cloud, hold wherever it runs.
+func TestAppLimits(t *testing.T) {
+	refresh := 300 * time.Millisecond
+	h := start(t, Config{Refresh: refresh})
+	ctx := context.Background()
+	cloudRoot := client(t, h.Cloud.Local())
+	setLimits := func(app, text string) {
+		t.Helper()
+		n, err := fs.Walk(ctx, cloudRoot, "apps/"+app+"/limits")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hd, err := n.(fs.File).Open(ctx, fs.WriteOnly|fs.Truncate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hd.WriteAt(ctx, []byte(text), 0)
+		if err := hd.Close(ctx); err != nil {
+			t.Fatalf("limits %q: %v", text, err)
+		}
+	}
+	// A bad line is refused with a reason.
+	n, _ := fs.Walk(ctx, cloudRoot, "apps/spin/limits")
+	hd, _ := n.(fs.File).Open(ctx, fs.WriteOnly)
+	hd.WriteAt(ctx, []byte("timeout forever\n"), 0)
+	if err := hd.Close(ctx); fs.KindOf(err) != fs.Invalid {
+		t.Fatalf("a bad limit: %v", err)
+	}
+
+	setLimits("spin", "timeout 600ms\n")
+	root := client(t, h.Groups[0].Edge.Local())
+	if got := readFile(t, root, "apps/spin/limits"); !strings.HasPrefix(got, "timeout 600ms\n") {
+		t.Fatalf("limits of spin seen at the edge: %q", got)
+	}
+	start := time.Now()
+	if _, err := invoke(t, root, "spin", ""); err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("spin with a 600ms limit: %v after %v", err, time.Since(start))
+	}
+	if e := readFile(t, root, "apps/spin/err"); !strings.Contains(e, "time limit of 600ms") {
+		t.Fatalf("err: %q", e)
+	}
+
+	// upper runs at the app edge, under the limits the cloud set.
+	setLimits("upper", "memory-mib 1\n")
+	deadline := time.Now().Add(2*refresh + 5*time.Second)
+	for {
+		_, err := invoke(t, root, "upper", "x")
+		if err != nil && strings.Contains(readFile(t, root, "apps/upper/err"), "memory cap") {
+			if w := readFile(t, root, "apps/upper/where"); !strings.HasPrefix(w, "appedge/g1\n") {
+				t.Fatalf("upper ran at %q", w)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the app edge does not apply the cloud's limits: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	setLimits("upper", "")
+	deadline = time.Now().Add(2*refresh + 5*time.Second)
+	for {
+		if got, err := invoke(t, root, "upper", "x"); err == nil && got == "X" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("upper did not go back to the default limits")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
