@@ -54,6 +54,9 @@ func (s *session) get(app string) *call.Reply {
 func (t *Tier) Root(ctx context.Context, peer string) (fs.Dir, error) {
 	s := &session{peer: peer, last: map[string]*call.Reply{}}
 	r := &rootDir{t: t, s: s}
+	if t.cfg.Role == Client {
+		r.store = t.cfg.Parent.Dir("store")
+	}
 	if t.cfg.Role == Edge {
 		st, err := t.cfg.Store(ctx, peer)
 		if err != nil {
@@ -92,6 +95,8 @@ func (r *rootDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 		return &appsDir{t: r.t, s: r.s}, nil
 	case "status":
 		return &textFile{name: "status", gen: r.t.status}, nil
+	case "probe":
+		return probeFile{}, nil
 	}
 	if err := fs.CheckName("lookup", name); err != nil {
 		return nil, err
@@ -100,7 +105,8 @@ func (r *rootDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 }
 
 func (r *rootDir) ReadDir(ctx context.Context) ([]fs.Info, error) {
-	infos := []fs.Info{dirInfo("apps"), textInfo("status")}
+	pi, _ := probeFile{}.Stat(ctx)
+	infos := []fs.Info{dirInfo("apps"), textInfo("status"), pi}
 	if r.store != nil {
 		si, err := r.store.Stat(ctx)
 		if err != nil {
@@ -396,6 +402,11 @@ func (t *Tier) wouldRun(ctx context.Context, id string) ([]byte, error) {
 	case AppEdge:
 		if app, err := t.cfg.Apps.Stat(id); err == nil {
 			return fmt.Appendf(nil, "%s\nwould run at %s: replica hit (version %d)\n", t.cfg.Name, t.cfg.Name, app.Version), nil
+		}
+	case Client:
+		bps, _, known := t.speed.estimate()
+		if app, err := t.cfg.Apps.Stat(id); err == nil && known && bps < float64(t.cfg.SlowBelow) {
+			return fmt.Appendf(nil, "%s\nwould run at %s: link at %s, a copy held (version %d)\n", t.cfg.Name, t.cfg.Name, rate(bps), app.Version), nil
 		}
 	}
 	up, err := fs.ReadAll(ctx, t.cfg.Parent.File("apps/"+id+"/where"), 64<<10)

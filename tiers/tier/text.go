@@ -55,6 +55,13 @@ func (t *Tier) info(ctx context.Context, id string) ([]byte, error) {
 		fmt.Fprintf(&b, "hits %d\nmisses %d\n", as.hits, as.misses)
 	case Edge:
 		fmt.Fprintf(&b, "runs-here no: app requests go to %s\n", t.cfg.ParentName)
+	case Client:
+		if app, err := t.cfg.Apps.Stat(id); err == nil {
+			fmt.Fprintf(&b, "copy yes\ncopy-version %d\ncopy-hash %s\ncopy-size %d\n", app.Version, app.Hash, app.Size)
+		} else {
+			fmt.Fprintf(&b, "copy no: downloaded after %d invocations\n", t.cfg.PullAfter)
+		}
+		fmt.Fprintf(&b, "runs-here when the link is below %s and a current copy is held\n", rate(float64(t.cfg.SlowBelow)))
 	}
 	fmt.Fprintf(&b, "invocations %d\nfailed %d\n", as.invocations, as.failed)
 	if t.cfg.Parent != nil {
@@ -119,6 +126,16 @@ func (t *Tier) status(ctx context.Context) ([]byte, error) {
 		t.stats.invocations.Load(), t.stats.ranHere.Load(), t.stats.forwarded.Load(), t.stats.replayed.Load(), t.stats.failed.Load(), t.rec.Len())
 	if t.cfg.Role == AppEdge {
 		fmt.Fprintf(&b, "pull-after %d\nrefresh %s\npulls %d\n", t.cfg.PullAfter, t.cfg.Refresh, t.stats.pulls.Load())
+	}
+	if t.cfg.Role == Client {
+		fmt.Fprintf(&b, "threshold-1 %d invocations: an app invoked more often is downloaded\n", t.cfg.PullAfter)
+		fmt.Fprintf(&b, "threshold-2 %s: below it a held copy runs here\n", rate(float64(t.cfg.SlowBelow)))
+		if bps, age, ok := t.speed.estimate(); ok {
+			fmt.Fprintf(&b, "link-speed %s (%d bytes/s), measured %s ago\n", rate(bps), int64(bps), age.Round(time.Millisecond))
+		} else {
+			b.WriteString("link-speed unknown: not measured yet\n")
+		}
+		fmt.Fprintf(&b, "downloads %d\n", t.stats.pulls.Load())
 	}
 	if t.cfg.Apps != nil {
 		for _, a := range t.cfg.Apps.List() {

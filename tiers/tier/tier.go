@@ -40,6 +40,7 @@ const (
 	Cloud   Role = "cloud"
 	AppEdge Role = "appedge"
 	Edge    Role = "edge"
+	Client  Role = "client"
 )
 
 // Defaults.
@@ -83,8 +84,11 @@ type Config struct {
 	PullAfter int
 	// Pinned apps are held by an app edge whatever their use.
 	Pinned []string
-	// Refresh is how often an app edge checks its replicas against the
-	// parent (DefaultRefresh if zero): a version deployed at the cloud is
+	// SlowBelow is the client's threshold 2, in bytes per second: below
+	// it a held copy runs at the client (DefaultSlowBelow if zero).
+	SlowBelow int64
+	// Refresh is how often an app edge (or a client) checks its copies
+	// against the parent (DefaultRefresh if zero): a version deployed at the cloud is
 	// served here within about Refresh plus the time to copy it.
 	Refresh time.Duration
 	// MaxInput caps a request (DefaultMaxInput if zero).
@@ -114,6 +118,8 @@ type Tier struct {
 	upSeen map[string]time.Time
 	// appLimits are the apps' own limits.
 	appLimits map[string]wasm.Limits
+	// speed estimates the link to the parent (client).
+	speed speed
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -141,6 +147,16 @@ func New(cfg Config) (*Tier, error) {
 	case Edge:
 		if cfg.Parent == nil || cfg.Store == nil {
 			return nil, errors.New("tier: an edge needs a parent and a store")
+		}
+	case Client:
+		if cfg.Apps == nil || cfg.Runtime == nil || cfg.Parent == nil {
+			return nil, errors.New("tier: a client needs apps, a runtime and a parent")
+		}
+		if cfg.PullAfter == 0 {
+			cfg.PullAfter = DefaultClientPullAfter
+		}
+		if cfg.SlowBelow <= 0 {
+			cfg.SlowBelow = DefaultSlowBelow
 		}
 	default:
 		return nil, fmt.Errorf("tier: unknown role %q", cfg.Role)
@@ -195,7 +211,7 @@ func (t *Tier) Start(ctx context.Context) {
 			t.warm(a.ID)
 		}
 	}
-	if t.cfg.Role != AppEdge {
+	if t.cfg.Role != AppEdge && t.cfg.Role != Client {
 		return
 	}
 	for _, id := range t.cfg.Pinned {
@@ -309,6 +325,8 @@ func (t *Tier) route(ctx context.Context, req *call.Request) *call.Reply {
 			t.pullLater(req.App)
 		}
 		return t.forward(ctx, req, "no replica here")
+	case Client:
+		return t.routeClient(ctx, req)
 	default:
 		return t.forward(ctx, req, "app requests go up")
 	}
@@ -346,7 +364,11 @@ func (t *Tier) runHere(ctx context.Context, req *call.Request, why string) *call
 // forward sends the invocation to the parent and returns its reply.
 func (t *Tier) forward(ctx context.Context, req *call.Request, why string) *call.Reply {
 	t.stats.forwarded.Add(1)
+	start := time.Now()
 	r, err := Forward(ctx, t.cfg.Parent, req)
+	if err == nil {
+		t.speed.observe(len(req.Input)+len(r.Out)+len(r.Err), time.Since(start))
+	}
 	if err != nil {
 		f := call.Failed(req.ID, t.cfg.Name, fmt.Errorf("%s: %w", t.cfg.ParentName, err))
 		f.Why = why
@@ -452,10 +474,12 @@ func (t *Tier) pull(ctx context.Context, app string) error {
 	if held, err := t.cfg.Apps.Stat(app); err == nil && held.Hash == hash && held.Version == version {
 		return nil
 	}
+	start := time.Now()
 	mod, err := fs.ReadAll(ctx, t.cfg.Parent.File("apps/"+app+"/module.wasm"), MaxModule)
 	if err != nil {
 		return err
 	}
+	t.speed.observe(len(mod), time.Since(start))
 	a, err := t.cfg.Apps.PutVersion(ctx, app, mod, version, hash)
 	if err != nil {
 		return err
