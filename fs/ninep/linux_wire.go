@@ -39,7 +39,9 @@ const (
 // follows frame boundaries: it holds mu from a frame's first byte to its
 // last, which lets inject put a whole frame of ours between two of p9's.
 // Small parts are gathered and sent with the part that completes the frame,
-// in one writev where the connection supports it.
+// in one write when that part is small too: one packet per reply, where
+// separate writes would cost a system call (and, through an encrypted
+// link, a sealed record) each.
 type lwriter struct {
 	mu  sync.Mutex // held while a frame is in progress
 	dst io.Writer
@@ -158,13 +160,16 @@ func (w *lwriter) drain(timeout time.Duration) {
 	}
 }
 
-// send writes the gathered parts and part.
+// send writes the gathered parts and part: a small part is copied after
+// them, a large one is written from where it is.
 func (w *lwriter) send(part []byte) error {
 	var err error
 	switch {
 	case len(w.pending) == 0:
 		_, err = w.dst.Write(part)
-	case len(part) == 0:
+	case len(part) <= lgatherLimit:
+		// One write, so one packet (or one sealed record) per reply.
+		w.pending = append(w.pending, part...)
 		_, err = w.dst.Write(w.pending)
 	default:
 		w.vec[0], w.vec[1] = w.pending, part

@@ -425,6 +425,7 @@ type link struct {
 	root    p9.File
 	payload int // bytes per Tread or Twrite
 
+	watch     watch        // the steps in flight
 	heard     atomic.Int64 // unix nanoseconds of the last answer
 	installed atomic.Bool  // the Tree's current link (not a dial's)
 	done      chan struct{}
@@ -477,12 +478,13 @@ func (t *Tree) dial() (*link, error) {
 
 	// p9.NewClient uses its own msize whatever the server answers, so
 	// ask first and give it the smaller of the two. p9's client then
-	// sends its own Tversion, which starts the connection afresh.
+	// sends its own Tversion, which starts the connection afresh. It
+	// talks through a wire: one write per request, buffered reads.
 	msize, err := exchangeVersion(conn, t.opts.Msize)
 	if err != nil {
 		return failed("version", err)
 	}
-	if s.client, err = p9.NewClient(conn, p9.WithMessageSize(msize)); err != nil {
+	if s.client, err = p9.NewClient(newWire(conn), p9.WithMessageSize(msize)); err != nil {
 		return failed("version", err)
 	}
 	if s.root, err = s.client.Attach(t.opts.Aname); err != nil {

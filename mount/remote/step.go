@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -84,6 +83,12 @@ const (
 //
 // fn must not write to anything the caller reads after exec returns an
 // error: with a detached plan it may still run then.
+//
+// The link's watch keeps the time: it closes the link if the step is
+// still unanswered at its bound, and wakes a detached caller at its
+// deadline. An attached step runs fn on the caller's goroutine; only a
+// detached one needs a goroutine of its own, to outlive the caller's
+// wait.
 func exec[T any](ctx context.Context, s *link, pl plan, op, path string, fn func() (T, error), drop func(T), on ...*fid) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
@@ -92,66 +97,54 @@ func exec[T any](ctx context.Context, s *link, pl plan, op, path string, fn func
 	if s.dead.Load() {
 		return zero, s.deadErr(op, path)
 	}
-	start := time.Now()
-	var state atomic.Int32
-	timer := time.AfterFunc(pl.bound, func() {
-		// Only a step still waiting for its answer is stuck.
-		if state.CompareAndSwap(running, stuck) {
-			s.kill(timeoutError(fmt.Sprintf("%s: no answer within %v", joinOp(op, path), pl.bound)))
-		}
-	})
-	finish := func(v T, err error) (T, error) {
-		timer.Stop()
-		if !state.CompareAndSwap(running, answered) {
-			if err == nil && drop != nil {
-				drop(v)
-			}
-			return zero, s.t.err(op, path, fs.Timeout, fmt.Errorf("did not answer within %v", pl.bound))
-		}
-		if err != nil {
-			return zero, s.mapErr(op, path, err)
-		}
-		s.heard.Store(time.Now().UnixNano())
-		return v, nil
-	}
 	if !pl.detached() {
-		return finish(fn())
+		st := s.watch.start(s, op, path, pl)
+		v, err := fn()
+		return finish(s, st, op, path, pl.bound, v, err, drop)
 	}
 
-	type result struct {
-		v   T
-		err error
-	}
-	ch := make(chan result, 1)
-	var claimed atomic.Bool // by the caller, or by the step if the caller stopped waiting
+	start := time.Now()
 	for _, f := range on {
 		f.hold()
 	}
+	st := s.watch.start(s, op, path, pl)
+	var (
+		v   T
+		err error
+	)
 	go func() {
-		v, err := fn()
+		v, err = fn()
 		for _, f := range on {
 			f.release()
 		}
-		if claimed.CompareAndSwap(false, true) {
-			ch <- result{v, err}
-			return
+		if s.watch.deliver(st) {
+			return // the caller takes it from here
 		}
-		if v, err := finish(v, err); err == nil && drop != nil {
+		if v, err := finish(s, st, op, path, pl.bound, v, err, drop); err == nil && drop != nil {
 			drop(v)
 		}
 	}()
-	wait := time.NewTimer(time.Until(pl.deadline))
-	defer wait.Stop()
-	select {
-	case r := <-ch:
-		return finish(r.v, r.err)
-	case <-wait.C:
-		if !claimed.CompareAndSwap(false, true) {
-			r := <-ch // the answer came just now
-			return finish(r.v, r.err)
-		}
+	if !s.watch.await(st) {
 		return zero, s.t.err(op, path, fs.Timeout, fmt.Errorf("no answer within %v, the caller's deadline", pl.deadline.Sub(start).Round(time.Millisecond)))
 	}
+	return finish(s, st, op, path, pl.bound, v, err, drop)
+}
+
+// finish ends the step st, whose fn returned v and err: it makes the
+// error of a failed step, and drops v if the step was stuck.
+func finish[T any](s *link, st *inflight, op, path string, bound time.Duration, v T, err error, drop func(T)) (T, error) {
+	var zero T
+	if !s.watch.end(st) {
+		if err == nil && drop != nil {
+			drop(v)
+		}
+		return zero, s.t.err(op, path, fs.Timeout, fmt.Errorf("did not answer within %v", bound))
+	}
+	if err != nil {
+		return zero, s.mapErr(op, path, err)
+	}
+	s.heard.Store(time.Now().UnixNano())
+	return v, nil
 }
 
 func joinOp(op, path string) string {
@@ -203,26 +196,24 @@ type fid struct {
 	p9.File
 	mu   sync.Mutex
 	busy int
-	idle chan struct{} // closed when busy drops to zero
+	idle chan struct{} // made by quiet while busy; closed when busy drops to zero
 }
 
 func newFid(f p9.File) *fid { return &fid{File: f} }
 
 func (f *fid) hold() {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.busy == 0 {
-		f.idle = make(chan struct{})
-	}
 	f.busy++
+	f.mu.Unlock()
 }
 
 func (f *fid) release() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.busy--
-	if f.busy == 0 {
+	if f.busy == 0 && f.idle != nil {
 		close(f.idle)
+		f.idle = nil
 	}
 }
 
@@ -233,6 +224,9 @@ func (f *fid) quiet() <-chan struct{} {
 	defer f.mu.Unlock()
 	if f.busy == 0 {
 		return nil
+	}
+	if f.idle == nil {
+		f.idle = make(chan struct{})
 	}
 	return f.idle
 }
