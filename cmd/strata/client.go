@@ -106,22 +106,27 @@ func callCmd(ctx context.Context, args []string) error {
 	// recorded answer, it does not run the app twice.
 	req := &call.Request{ID: call.NewID(call.KindApp, app), App: app, Input: input}
 	var reply *call.Reply
-	var last error // the last attempt's failure, which says more than the deadline
+	// What the attempts learned: a failed reply says which tier failed and
+	// why, which beats our own deadline passing.
+	var fromReply, fromLink error
 	for attempt := 0; ; attempt++ {
 		reply, err = tier.Forward(ctx, tree, req)
 		if err == nil && !(reply.Transient && ctx.Err() == nil) {
 			break
 		}
 		if err == nil {
-			err = fmt.Errorf("%s: %s", reply.Where, reply.Reason)
+			fromReply = fmt.Errorf("%s: %s", reply.Where, reply.Reason)
+		} else {
+			fromLink = err
 		}
-		if ctx.Err() == nil || last == nil {
-			last = err
+		if ctx.Err() != nil || (err != nil && fs.KindOf(err) == fs.Timeout && time.Until(deadlineOf(ctx)) < 50*time.Millisecond) {
+			last := fromReply
+			if last == nil {
+				last = fromLink
+			}
+			return fmt.Errorf("call %s (id %s): no answer within %v; last failure: %w", app, req.ID, *budget, last)
 		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("call %s (id %s): no answer within %v; last attempt: %w", app, req.ID, *budget, last)
-		}
-		if k := fs.KindOf(err); reply == nil && k != fs.Unavailable && k != fs.Timeout {
+		if k := fs.KindOf(err); err != nil && k != fs.Unavailable && k != fs.Timeout {
 			return fmt.Errorf("call %s: %w", app, err)
 		}
 		select {
@@ -249,4 +254,12 @@ func statusCmd(ctx context.Context, args []string) error {
 
 func readRemote(ctx context.Context, tree *remote.Tree, p string) ([]byte, error) {
 	return fs.ReadAll(ctx, tree.File(p), 64<<20)
+}
+
+func deadlineOf(ctx context.Context) time.Time {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return time.Now().Add(time.Hour)
+	}
+	return dl
 }

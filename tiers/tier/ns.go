@@ -158,23 +158,31 @@ func (d *appsDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 	if d.t.seenUp(name) {
 		return &appDir{t: d.t, s: d.s, id: name}, nil
 	}
-	if _, err := d.t.cfg.Parent.Dir("apps").Lookup(ctx, name); err == nil {
-		d.t.markSeenUp(name)
-	} else {
-		if fs.KindOf(err) == fs.NotExist {
-			return nil, d.t.parentErr("lookup", "apps/"+name, err)
-		}
+	// Only an existence check: it waits for the parent a short while.
+	lctx, cancel := context.WithTimeout(ctx, lookupWait)
+	_, err := d.t.cfg.Parent.Dir("apps").Lookup(lctx, name)
+	cancel()
+	if fs.KindOf(err) == fs.NotExist {
+		return nil, d.t.parentErr("lookup", "apps/"+name, err)
+	}
+	if err != nil {
 		// The parent cannot say now. Show the app anyway: an invocation
 		// then fails with a reply that says which tier is unreachable
 		// and why, which an errno alone could not carry.
 		d.t.log.Debug("parent unreachable at lookup", "app", name, "err", err)
 	}
+	d.t.markSeenUp(name)
 	return &appDir{t: d.t, s: d.s, id: name}, nil
 }
 
 // lookupTTL is how long a tier trusts that its parent has an app: a walk
-// to an app within it costs no round trip to the parent.
-const lookupTTL = time.Second
+// to an app within it costs no round trip to the parent. lookupWait is
+// how long a walk waits for the parent to say whether it has an app
+// before it goes on as if it had.
+const (
+	lookupTTL  = time.Second
+	lookupWait = 300 * time.Millisecond
+)
 
 func (t *Tier) seenUp(name string) bool {
 	t.mu.Lock()
@@ -523,6 +531,20 @@ func readAt(b, p []byte, off int64) (int, error) {
 }
 
 func (h *ctlHandle) Sync(ctx context.Context) error { return nil }
+
+// Flush runs a request written and not yet read, and says whether it
+// failed: a FUSE mount calls it at close(2), so that `echo data > ctl`
+// has finished (and `cat out` sees its answer) when the shell goes on, and
+// a failure reaches the shell.
+func (h *ctlHandle) Flush(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pending {
+		h.run(ctx)
+		return h.failed
+	}
+	return nil
+}
 
 func (h *ctlHandle) Close(ctx context.Context) error {
 	h.mu.Lock()
