@@ -4,6 +4,7 @@
 //	strata serve cloud|appedge|edge [flags]     one tier per process
 //	strata serve store -listen ADDR -data DIR   a durable /store alone
 //	strata keygen -keys DIR ...                 make or rotate link keysets
+//	strata mount -edge ADDR -key FILE DIR       the client tier, mounted with FUSE
 //	strata call APP < request > answer          invoke through an edge
 //	strata deploy APP FILE.wasm                 deploy at the cloud
 //	strata status                               every tier's /status
@@ -31,6 +32,7 @@ func commands() []command {
 		{"up", "up [-dir DIR] [-groups N] [-port P]", upCmd},
 		{"serve", "serve cloud|appedge|edge|store [flags]", serve},
 		{"keygen", "keygen -keys DIR [-groups N] [-clients A,B] [-rotate PURPOSE] [-retire PURPOSE:ID] [-list]", keygen},
+		{"mount", "mount -edge ADDR -key FILE [-threshold1 5] [-threshold2 51200] MOUNTPOINT", mountCmd},
 		{"call", "call [-dir DIR | -addr ADDR] [-client NAME] APP < request > answer", callCmd},
 		{"deploy", "deploy [-dir DIR | -addr ADDR] APP FILE.wasm", deployCmd},
 		{"status", "status [-dir DIR | -addr ADDR]", statusCmd},

@@ -530,7 +530,9 @@ func readAt(b, p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-func (h *ctlHandle) Sync(ctx context.Context) error { return nil }
+// Sync runs a pending request, as Flush does: a 9P client's fsync (the
+// way a FUSE flush crosses 9P) finishes an `echo data > ctl`.
+func (h *ctlHandle) Sync(ctx context.Context) error { return h.Flush(ctx) }
 
 // Flush runs a request written and not yet read, and says whether it
 // failed: a FUSE mount calls it at close(2), so that `echo data > ctl`
