@@ -47,7 +47,8 @@ func BenchmarkInvoke(b *testing.B) {
 	})
 
 	c := h.Groups[0].Clients[0]
-	tree, err := remote.Dial(context.Background(), "tcp", h.Groups[0].Edge.Addr(), remote.Options{Dial: h.Keys.Dial(c, keyring.Client(c))})
+	// The message size a client tier asks for (tier.ParentMsize).
+	tree, err := remote.Dial(context.Background(), "tcp", h.Groups[0].Edge.Addr(), remote.Options{Dial: h.Keys.Dial(c, keyring.Client(c)), Msize: tier.ParentMsize})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -39,7 +39,7 @@ func startClient(t *testing.T, h *Hierarchy, slowBelow int64, refresh time.Durat
 // app; on a link slower than threshold 2 it runs its copy; on a fast link
 // it sends the request on.
 func TestClientRunsLocallyWhenSlow(t *testing.T) {
-	h := start(t, Config{})
+	h := start(t, Config{PullAfter: -1}) // sha256 stays at the cloud
 	// Threshold 2 far above loopback speed: the link counts as slow.
 	c := startClient(t, h, 1<<50, time.Second)
 	root := client(t, c.Local())
