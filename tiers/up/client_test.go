@@ -16,12 +16,18 @@ import (
 
 func startClient(t *testing.T, h *Hierarchy, slowBelow int64, refresh time.Duration) *tier.Server {
 	t.Helper()
+	return startClientAt(t, h, h.Groups[0].Edge.Addr(), slowBelow, refresh)
+}
+
+// startClientAt starts group 1's first client against edgeAddr.
+func startClientAt(t testing.TB, h *Hierarchy, edgeAddr string, slowBelow int64, refresh time.Duration) *tier.Server {
+	t.Helper()
 	g := h.Groups[0]
 	name := g.Clients[0]
 	s, err := clienttier.Start(context.Background(), clienttier.Config{
 		Name:  name,
 		Ports: tier.Ports{Local: "127.0.0.1:0"},
-		Edge:  tier.Parent{Name: "edge/g1", Addr: g.Edge.Addr(), Dial: h.Keys.Dial(name, keyring.Client(name)), Timeout: 2 * time.Second},
+		Edge:  tier.Parent{Name: "edge/g1", Addr: edgeAddr, Dial: h.Keys.Dial(name, keyring.Client(name)), Timeout: 2 * time.Second},
 		Data:  t.TempDir(), SlowBelow: slowBelow, Refresh: refresh, CallTimeout: 5 * time.Second,
 	})
 	if err != nil {
