@@ -64,24 +64,9 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 		return nil, fmt.Errorf("%s: starting the wasm runtime: %w", cfg.Name, err)
 	}
 	parent := cfg.Parent.Mount(log.With("unit", "parent"))
-	t, err := tier.New(tier.Config{
+	return tier.Launch(ctx, tier.Config{
 		Role: tier.AppEdge, Name: cfg.Name, Apps: apps, Runtime: rt, Limits: cfg.Limits,
 		Parent: parent, ParentName: cfg.Parent.Name, CallTimeout: cfg.CallTimeout,
 		PullAfter: cfg.PullAfter, Pinned: cfg.Pinned, Refresh: cfg.Refresh, Log: log,
-	})
-	if err == nil {
-		var s *tier.Server
-		s, err = tier.Serve(ctx, t, cfg.Ports, log)
-		if err == nil {
-			t.Start(context.WithoutCancel(ctx))
-			s.OnShutdown(func() { apps.Close() })
-			s.OnShutdown(func() { rt.Close(context.Background()) })
-			s.OnShutdown(func() { parent.Close() })
-			return s, nil
-		}
-	}
-	parent.Close()
-	rt.Close(ctx)
-	apps.Close()
-	return nil, err
+	}, cfg.Ports, func() { apps.Close() }, func() { rt.Close(context.Background()) }, func() { parent.Close() })
 }

@@ -62,24 +62,9 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 		return nil, fmt.Errorf("%s: starting the wasm runtime: %w", name, err)
 	}
 	edge := cfg.Edge.Mount(log.With("unit", "edge"))
-	t, err := tier.New(tier.Config{
+	return tier.Launch(ctx, tier.Config{
 		Role: tier.Client, Name: name, Apps: apps, Runtime: rt, Limits: cfg.Limits,
 		Parent: edge, ParentName: cfg.Edge.Name, CallTimeout: cfg.CallTimeout,
 		PullAfter: cfg.PullAfter, SlowBelow: cfg.SlowBelow, Refresh: cfg.Refresh, Log: log,
-	})
-	if err == nil {
-		var s *tier.Server
-		s, err = tier.Serve(ctx, t, cfg.Ports, log)
-		if err == nil {
-			t.Start(context.WithoutCancel(ctx))
-			s.OnShutdown(func() { apps.Close() })
-			s.OnShutdown(func() { rt.Close(context.Background()) })
-			s.OnShutdown(func() { edge.Close() })
-			return s, nil
-		}
-	}
-	edge.Close()
-	rt.Close(ctx)
-	apps.Close()
-	return nil, err
+	}, cfg.Ports, func() { apps.Close() }, func() { rt.Close(context.Background()) }, func() { edge.Close() })
 }

@@ -51,20 +51,8 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 		apps.Close()
 		return nil, fmt.Errorf("%s: starting the wasm runtime: %w", cfg.Name, err)
 	}
-	t, err := tier.New(tier.Config{Role: tier.Cloud, Name: cfg.Name, Apps: apps, Runtime: rt, Limits: cfg.Limits, LimitsFile: filepath.Join(cfg.Data, "limits.json"), CallTimeout: cfg.CallTimeout, Log: log})
-	if err != nil {
-		rt.Close(ctx)
-		apps.Close()
-		return nil, err
-	}
-	s, err := tier.Serve(ctx, t, cfg.Ports, log)
-	if err != nil {
-		rt.Close(ctx)
-		apps.Close()
-		return nil, err
-	}
-	t.Start(context.WithoutCancel(ctx))
-	s.OnShutdown(func() { apps.Close() })
-	s.OnShutdown(func() { rt.Close(context.Background()) })
-	return s, nil
+	return tier.Launch(ctx, tier.Config{
+		Role: tier.Cloud, Name: cfg.Name, Apps: apps, Runtime: rt, Limits: cfg.Limits,
+		LimitsFile: filepath.Join(cfg.Data, "limits.json"), CallTimeout: cfg.CallTimeout, Log: log,
+	}, cfg.Ports, func() { apps.Close() }, func() { rt.Close(context.Background()) })
 }

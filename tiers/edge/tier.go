@@ -38,23 +38,11 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 		return nil, fmt.Errorf("%s: opening the store: %w", cfg.Name, err)
 	}
 	parent := cfg.Parent.Mount(log.With("unit", "parent"))
-	t, err := tier.New(tier.Config{
+	return tier.Launch(ctx, tier.Config{
 		Role: tier.Edge, Name: cfg.Name, Parent: parent, ParentName: cfg.Parent.Name,
 		Store:       func(ctx context.Context, peer string) (fs.Dir, error) { return clientStore(ctx, st.Root(), peer) },
 		CallTimeout: cfg.CallTimeout, Log: log,
-	})
-	if err == nil {
-		var s *tier.Server
-		s, err = tier.Serve(ctx, t, cfg.Ports, log)
-		if err == nil {
-			s.OnShutdown(func() { st.Close() })
-			s.OnShutdown(func() { parent.Close() })
-			return s, nil
-		}
-	}
-	parent.Close()
-	st.Close()
-	return nil, err
+	}, cfg.Ports, func() { st.Close() }, func() { parent.Close() })
 }
 
 // clientStore is the directory of the store that peer sees, made on first

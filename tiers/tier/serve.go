@@ -189,3 +189,30 @@ func (s *Server) OnShutdown(fn func()) {
 	s.after = append(s.after, fn)
 	s.mu.Unlock()
 }
+
+// Launch makes the tier of cfg, serves it on ports and starts its
+// background work. closers release what the tier was given (its apps, its
+// runtime, its parent); they run in reverse order at Shutdown, or at once
+// if Launch fails.
+func Launch(ctx context.Context, cfg Config, ports Ports, closers ...func()) (*Server, error) {
+	undo := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	t, err := New(cfg)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	s, err := Serve(ctx, t, ports, cfg.Log)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	t.Start(context.WithoutCancel(ctx))
+	for _, c := range closers {
+		s.OnShutdown(c)
+	}
+	return s, nil
+}
