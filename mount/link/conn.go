@@ -134,6 +134,15 @@ func (c *Conn) Read(p []byte) (int, error) {
 		if n > 0 && (c.rerr != nil || !c.rr.buffered()) {
 			break
 		}
+		if n == 0 {
+			if err := c.rr.ensure(maxFrameBody); err != nil {
+				return 0, c.streamErr(err)
+			}
+		}
+		if k := c.openBuffered(p[n:]); k > 0 {
+			n += k
+			continue
+		}
 		pt, direct, err := c.readFrame(p[n:])
 		if err != nil {
 			if n > 0 {
@@ -157,21 +166,7 @@ func (c *Conn) readFrame(room []byte) (pt []byte, direct bool, err error) {
 	seq := c.rseq
 	typ, body, err := c.rr.next(maxFrameBody)
 	if err != nil {
-		var tl errRecordTooLong
-		switch {
-		case isTimeout(err) && !c.closed.Load():
-			return nil, false, err // nothing consumed: the caller may retry
-		case c.closed.Load():
-			return nil, false, c.failRead(fs.BadHandle, closedCause(c))
-		case errors.As(err, &tl):
-			return nil, false, c.failRead(fs.Invalid, fmt.Errorf("%w: frame %d: %v", ErrProtocol, seq, tl))
-		case err == io.EOF:
-			return nil, false, c.failRead(fs.Unavailable, fmt.Errorf("%w: connection ended without close frame", ErrTruncated))
-		case err == io.ErrUnexpectedEOF:
-			return nil, false, c.failRead(fs.Unavailable, fmt.Errorf("%w: connection ended inside frame %d", ErrTruncated, seq))
-		default:
-			return nil, false, c.failRead(fs.Unavailable, fmt.Errorf("frame %d: %w", seq, err))
-		}
+		return nil, false, c.streamErr(err)
 	}
 	switch typ {
 	case recData, recClose:
@@ -200,6 +195,85 @@ func (c *Conn) readFrame(room []byte) (pt []byte, direct bool, err error) {
 		return nil, false, c.failRead(fs.Invalid, fmt.Errorf("%w: frame %d is empty", ErrProtocol, seq))
 	}
 	return pt, dst != nil, nil
+}
+
+// streamErr turns an error from reading the next frame into the error
+// Read returns: a timeout as it is (nothing was consumed, so the caller
+// may retry), anything else fatal. Called with rmu held.
+func (c *Conn) streamErr(err error) error {
+	seq := c.rseq
+	var tl errRecordTooLong
+	switch {
+	case isTimeout(err) && !c.closed.Load():
+		return err
+	case c.closed.Load():
+		return c.failRead(fs.BadHandle, closedCause(c))
+	case errors.As(err, &tl):
+		return c.failRead(fs.Invalid, fmt.Errorf("%w: frame %d: %v", ErrProtocol, seq, tl))
+	case err == io.EOF:
+		return c.failRead(fs.Unavailable, fmt.Errorf("%w: connection ended without close frame", ErrTruncated))
+	case err == io.ErrUnexpectedEOF:
+		return c.failRead(fs.Unavailable, fmt.Errorf("%w: connection ended inside frame %d", ErrTruncated, seq))
+	default:
+		return c.failRead(fs.Unavailable, fmt.Errorf("frame %d: %w", seq, err))
+	}
+}
+
+// openBuffered opens the data frames already in the read buffer whose
+// plaintexts fit in room one after another, several at a time, and
+// returns how much plaintext it put in room. It stops before the first
+// frame that fails to open, or that is not a non-empty data frame, and
+// leaves that frame to readFrame, which reports it; so a frame is
+// consumed, and its plaintext counted, only once it and every frame
+// before it have been authenticated. It does nothing, returning 0,
+// unless at least two frames qualify and they carry enough to be worth
+// sharing out. Called with rmu held.
+func (c *Conn) openBuffered(room []byte) int {
+	ov := c.sess.frames.overhead()
+	if ov < 0 {
+		return 0
+	}
+	type frame struct {
+		body []byte
+		at   int // offset of its plaintext in room
+		ok   bool
+	}
+	var batch [maxOpenBatch]frame
+	count, off, used := 0, 0, 0
+	for count < len(batch) {
+		typ, body, size, ok := c.rr.peek(off)
+		if !ok || typ != recData || len(body) <= ov || len(body) > maxFrameBody || len(body)-ov > len(room)-used {
+			break
+		}
+		batch[count] = frame{body: body, at: used}
+		count++
+		used += len(body) - ov
+		off += size
+	}
+	if count < 2 || used < minParallelOpen {
+		return 0
+	}
+	seq0, ad0 := c.rseq, c.rad
+	parallel(count, func(i int) {
+		f := &batch[i]
+		ad := ad0
+		pt := room[f.at : f.at : f.at+len(f.body)-ov]
+		pt, err := c.sess.frames.open(pt, f.body, setAD(&ad, seq0+uint64(i), recData))
+		f.ok = err == nil && len(pt) == len(f.body)-ov
+	})
+	n, consumed := 0, 0
+	for i := range count {
+		f := &batch[i]
+		if !f.ok {
+			break
+		}
+		n += len(f.body) - ov
+		consumed += headerSize + len(f.body)
+		c.rseq++
+	}
+	clear(room[n:used]) // frames after one that failed: never returned
+	c.rr.discard(consumed)
+	return n
 }
 
 func (c *Conn) peerRole() string {
@@ -237,7 +311,7 @@ func isTimeout(err error) bool {
 }
 
 // Write seals p into frames of at most MaxFramePayload bytes and sends
-// them, up to writeBatch frames to a system call.
+// them, up to writeBatch frames, sealed in parallel, to a system call.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -247,25 +321,12 @@ func (c *Conn) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		chunk := p[:min(len(p), writeBatch*MaxFramePayload)]
-		frames := (len(chunk) + MaxFramePayload - 1) / MaxFramePayload
-		if need := len(chunk) + frames*(headerSize+frameOverhead); cap(c.wbuf) < need {
-			c.wbuf = make([]byte, 0, max(need, min(2*cap(c.wbuf), maxWriteBuf)))
-		}
 		seq0 := c.wseq
-		buf := c.wbuf[:0]
-		for off := 0; off < len(chunk); {
-			k := min(len(chunk)-off, MaxFramePayload)
-			h := len(buf)
-			buf = append(buf, 0, 0, 0, 0)
-			var err error
-			buf, err = c.sess.frames.seal(buf, chunk[off:off+k], setAD(&c.wad, c.wseq, recData))
-			if err != nil {
-				c.werr = &fs.Error{Op: "link write", Path: c.peer, Kind: fs.Other, Err: err}
-				return n, c.werr
-			}
-			putHeader(buf[h:], recData, len(buf)-h-headerSize)
-			c.wseq++
-			off += k
+		buf, err := c.sealFrames(chunk)
+		if err != nil {
+			c.wseq = seq0
+			c.werr = &fs.Error{Op: "link write", Path: c.peer, Kind: fs.Other, Err: err}
+			return n, c.werr
 		}
 		w, err := c.conn.Write(buf)
 		if err != nil {
@@ -280,6 +341,58 @@ func (c *Conn) Write(p []byte) (int, error) {
 		n += len(chunk)
 	}
 	return n, nil
+}
+
+// sealFrames seals chunk as the next data frames, of MaxFramePayload
+// bytes but the last, into c.wbuf and returns the records. If the
+// ciphertext sizes are known in advance, each frame has its place in the
+// buffer and the frames are sealed in parallel. Called with wmu held.
+func (c *Conn) sealFrames(chunk []byte) ([]byte, error) {
+	frames := (len(chunk) + MaxFramePayload - 1) / MaxFramePayload
+	ov := c.sess.frames.overhead()
+	need := len(chunk) + frames*(headerSize+max(ov, frameOverhead))
+	if cap(c.wbuf) < need {
+		c.wbuf = make([]byte, 0, max(need, min(2*cap(c.wbuf), maxWriteBuf)))
+	}
+	if ov < 0 || frames < 2 {
+		buf := c.wbuf[:0]
+		for off := 0; off < len(chunk); {
+			k := min(len(chunk)-off, MaxFramePayload)
+			h := len(buf)
+			buf = append(buf, 0, 0, 0, 0)
+			var err error
+			buf, err = c.sess.frames.seal(buf, chunk[off:off+k], setAD(&c.wad, c.wseq, recData))
+			if err != nil {
+				return nil, err
+			}
+			putHeader(buf[h:], recData, len(buf)-h-headerSize)
+			c.wseq++
+			off += k
+		}
+		return buf, nil
+	}
+	buf := c.wbuf[:len(chunk)+frames*(headerSize+ov)]
+	seq0, ad0 := c.wseq, c.wad
+	errs := make([]error, frames)
+	parallel(frames, func(i int) {
+		off := i * MaxFramePayload
+		pt := chunk[off:min(len(chunk), off+MaxFramePayload)]
+		rec := buf[i*(headerSize+MaxFramePayload+ov):][:headerSize+len(pt)+ov]
+		putHeader(rec, recData, len(rec)-headerSize)
+		ad := ad0
+		// The capacity is exactly the record's, so a seal that wrote
+		// more than expected would move, not overwrite the next frame.
+		ct, err := c.sess.frames.seal(rec[headerSize:headerSize:len(rec)], pt, setAD(&ad, seq0+uint64(i), recData))
+		if err == nil && len(ct) != len(rec)-headerSize {
+			err = fmt.Errorf("sealed frame is %d bytes, expected %d", len(ct), len(rec)-headerSize)
+		}
+		errs[i] = err
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	c.wseq += uint64(frames)
+	return buf, nil
 }
 
 func (c *Conn) writeErr(err error) error {

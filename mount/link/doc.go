@@ -74,6 +74,21 @@
 // falls back to Tink's primitive if not. A Write seals up to four frames
 // into one buffer and sends it with one system call; a Read decrypts
 // straight into the caller's buffer when the frame fits. A link's
-// buffers start small and grow to about 260 KiB each way when it carries
-// bulk data.
+// buffers start small and grow, when it carries bulk data, to about
+// 260 KiB for writing and 520 KiB for reading (eight frames, so that one
+// system call can bring in several).
+//
+// The cipher is most of the cost of a bulk transfer, so the frames of
+// one Write are sealed in parallel, each into its own place in the
+// buffer, and the frames a Read finds already received are opened in
+// parallel, each into its own place in the caller's buffer. Every frame
+// still has its own nonce, sequence number and tag, and a Read counts
+// the plaintext of a frame only once that frame and all before it have
+// been authenticated; what a batch opened past a frame that failed is
+// wiped from the caller's buffer. The work is shared by the calling
+// goroutine and helpers that it waits for before returning, and claimed
+// a frame at a time, so on a machine with no idle processor the caller
+// simply does it all. Write and Read return only when their frames are
+// done, so deadlines, errors and Close behave as they would without
+// the helpers.
 package link

@@ -37,6 +37,10 @@ type frameAEAD interface {
 	open(dst, ct, ad []byte) ([]byte, error)
 	// maxPlain bounds the length of ct's plaintext.
 	maxPlain(ct []byte) int
+	// overhead is exactly how much longer a ciphertext is than its
+	// plaintext, or -1 if that is not known in advance. Only a frameAEAD
+	// with a known overhead is used from several goroutines at once.
+	overhead() int
 }
 
 // deriveSession derives the session AEAD from the key keyID of h with the
@@ -174,8 +178,10 @@ func (f *rawFrames) open(dst, ct, ad []byte) ([]byte, error) {
 	return f.aead.Open(dst, ct[len(f.prefix):len(f.prefix)+ns], body, ad)
 }
 
-func (f *rawFrames) maxPlain(ct []byte) int {
-	return len(ct) - len(f.prefix) - f.aead.NonceSize() - f.aead.Overhead()
+func (f *rawFrames) maxPlain(ct []byte) int { return len(ct) - f.overhead() }
+
+func (f *rawFrames) overhead() int {
+	return len(f.prefix) + f.aead.NonceSize() + f.aead.Overhead()
 }
 
 // tinkFrames goes through Tink's primitive, allocating.
@@ -198,3 +204,5 @@ func (f tinkFrames) open(dst, ct, ad []byte) ([]byte, error) {
 }
 
 func (f tinkFrames) maxPlain(ct []byte) int { return len(ct) }
+
+func (f tinkFrames) overhead() int { return -1 }

@@ -38,11 +38,20 @@ const (
 	initialReadBuf = 8 << 10
 
 	// readBufSize holds several whole frames, so one read syscall can
-	// bring in more than one.
-	readBufSize = 4*(headerSize+maxFrameBody) + 4096
+	// bring in more than one and a Read can open them in parallel.
+	readBufSize = 8*(headerSize+maxFrameBody) + 4096
 
 	// writeBatch is how many frames one write system call carries at most.
 	writeBatch = 4
+
+	// maxOpenBatch is how many buffered frames a Read opens at once at
+	// most.
+	maxOpenBatch = 8
+
+	// minParallelOpen is the least plaintext in buffered frames that a
+	// Read shares out among goroutines; smaller frames are opened in
+	// turn, as starting a helper would cost more than it saves.
+	minParallelOpen = 32 << 10
 
 	// maxWriteBuf holds one batch of sealed frames.
 	maxWriteBuf = writeBatch * (headerSize + maxFrameBody)
@@ -127,29 +136,54 @@ func (rr *recordReader) fill(n int) error {
 // next returns the next record. body aliases the buffer and is valid
 // until the following call. On error nothing is consumed.
 func (rr *recordReader) next(limit int) (typ byte, body []byte, err error) {
-	if err := rr.fill(headerSize); err != nil {
+	if err := rr.ensure(limit); err != nil {
 		return 0, nil, err
 	}
-	h := rr.buf[rr.start : rr.start+headerSize]
-	n := headerLen(h)
+	typ, body, size, _ := rr.peek(0)
+	rr.start += size
+	return typ, body, nil
+}
+
+// ensure reads until the next record is wholly buffered. On error
+// nothing is consumed.
+func (rr *recordReader) ensure(limit int) error {
+	if err := rr.fill(headerSize); err != nil {
+		return err
+	}
+	n := headerLen(rr.buf[rr.start:])
 	if n > limit {
-		return h[0], nil, errRecordTooLong{n, limit}
+		return errRecordTooLong{n, limit}
 	}
 	if err := rr.fill(headerSize + n); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return h[0], nil, err
+		return err
 	}
-	typ = rr.buf[rr.start]
-	body = rr.buf[rr.start+headerSize : rr.start+headerSize+n]
-	rr.start += headerSize + n
-	return typ, body, nil
+	return nil
 }
+
+// peek returns the record off bytes past the next one, if it is wholly
+// buffered, with its size on the wire. body aliases the buffer and is
+// valid until the buffer is next read into.
+func (rr *recordReader) peek(off int) (typ byte, body []byte, size int, ok bool) {
+	at := rr.start + off
+	if rr.end-at < headerSize {
+		return 0, nil, 0, false
+	}
+	size = headerSize + headerLen(rr.buf[at:])
+	if rr.end-at < size {
+		return 0, nil, 0, false
+	}
+	return rr.buf[at], rr.buf[at+headerSize : at+size], size, true
+}
+
+// discard consumes n buffered bytes: whole records returned by peek.
+func (rr *recordReader) discard(n int) { rr.start += n }
 
 // buffered reports whether a whole record is already in the buffer, so
 // next would return without reading.
 func (rr *recordReader) buffered() bool {
-	avail := rr.end - rr.start
-	return avail >= headerSize && avail >= headerSize+headerLen(rr.buf[rr.start:])
+	_, _, _, ok := rr.peek(0)
+	return ok
 }
