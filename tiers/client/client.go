@@ -37,7 +37,10 @@ type Config struct {
 	CallTimeout time.Duration
 	// CapBytes caps the downloaded apps (64 MiB if zero).
 	CapBytes int64
-	Log      *slog.Logger
+	// WasmCache is the directory of compiled modules (Data/wasm-cache
+	// if empty).
+	WasmCache string
+	Log       *slog.Logger
 }
 
 // Start opens the client's copies, mounts its edge and serves its local
@@ -56,7 +59,10 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: opening the downloaded apps: %w", name, err)
 	}
-	rt, err := wasm.New(ctx, wasm.Config{CacheDir: filepath.Join(cfg.Data, "wasm-cache"), Log: log.With("unit", "wasm")})
+	if cfg.WasmCache == "" {
+		cfg.WasmCache = filepath.Join(cfg.Data, "wasm-cache")
+	}
+	rt, err := wasm.New(ctx, wasm.Config{CacheDir: cfg.WasmCache, Log: log.With("unit", "wasm")})
 	if err != nil {
 		apps.Close()
 		return nil, fmt.Errorf("%s: starting the wasm runtime: %w", name, err)

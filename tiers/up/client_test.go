@@ -29,6 +29,7 @@ func startClientAt(t testing.TB, h *Hierarchy, edgeAddr string, slowBelow int64,
 		Ports: tier.Ports{Local: "127.0.0.1:0"},
 		Edge:  tier.Parent{Name: "edge/g1", Addr: edgeAddr, Dial: h.Keys.Dial(name, keyring.Client(name)), Timeout: 2 * time.Second},
 		Data:  t.TempDir(), SlowBelow: slowBelow, Refresh: refresh, CallTimeout: 5 * time.Second,
+		WasmCache: wasmCache,
 	})
 	if err != nil {
 		t.Fatal(err)
