@@ -595,26 +595,11 @@ func (r *Repo) List() []App {
 // same ID continues from the removed version.
 func (r *Repo) Remove(ctx context.Context, id string) error {
 	const op = "remove app"
-	if err := checkID(op, id); err != nil {
+	rec, err := r.begin(ctx, op, id)
+	if err != nil {
 		return err
-	}
-	if err := r.lock(ctx); err != nil {
-		return fail(op, id, err)
 	}
 	defer r.unlock()
-	if err := r.ready(ctx, op, id); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	e, ok := r.apps[id]
-	var rec record
-	if ok {
-		rec = e.rec
-	}
-	r.mu.Unlock()
-	if !ok {
-		return notDeployed(op, id)
-	}
 	m := r.manifestWith(nil, []record{rec})
 	if err := r.pri.writeManifest(m); err != nil {
 		return fail(op, id, err)
@@ -632,21 +617,18 @@ func (r *Repo) Remove(ctx context.Context, id string) error {
 	return nil
 }
 
-// Pin sets whether app id is pinned. A pinned app is never evicted; the
-// pin state is durable. Unpinning evicts nothing at once: the next Put
-// does, if the cap is exceeded.
-func (r *Repo) Pin(id string, pinned bool) error {
-	const op = "pin app"
+// begin checks id, takes the writer lock and returns the record of id.
+// On success the caller calls r.unlock.
+func (r *Repo) begin(ctx context.Context, op, id string) (record, error) {
 	if err := checkID(op, id); err != nil {
-		return err
+		return record{}, err
 	}
-	ctx := context.Background()
 	if err := r.lock(ctx); err != nil {
-		return fail(op, id, err)
+		return record{}, fail(op, id, err)
 	}
-	defer r.unlock()
 	if err := r.ready(ctx, op, id); err != nil {
-		return err
+		r.unlock()
+		return record{}, err
 	}
 	r.mu.Lock()
 	e, ok := r.apps[id]
@@ -656,8 +638,22 @@ func (r *Repo) Pin(id string, pinned bool) error {
 	}
 	r.mu.Unlock()
 	if !ok {
-		return notDeployed(op, id)
+		r.unlock()
+		return record{}, notDeployed(op, id)
 	}
+	return rec, nil
+}
+
+// Pin sets whether app id is pinned. A pinned app is never evicted; the
+// pin state is durable. Unpinning evicts nothing at once: the next Put
+// does, if the cap is exceeded.
+func (r *Repo) Pin(id string, pinned bool) error {
+	const op = "pin app"
+	rec, err := r.begin(context.Background(), op, id)
+	if err != nil {
+		return err
+	}
+	defer r.unlock()
 	if rec.Pinned == pinned {
 		return nil
 	}
