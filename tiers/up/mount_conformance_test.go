@@ -74,8 +74,9 @@ func wantMountSh(t *testing.T, dir, script, want string) {
 // watchdog bounds t: if t is still running after d, it is failed and
 // the FUSE connection serving mnt is aborted (a forced unmount begins with
 // that), so that every system call waiting on the mount returns and the
-// test ends. A panic would not do: the binary could not exit while it
-// holds descriptors on a mount that it serves itself.
+// test ends. A panic alone would not do: the binary could not exit while
+// it holds descriptors on a mount that it serves itself; it is the last
+// resort where the mount cannot be aborted (without the privilege to).
 func watchdog(t *testing.T, mnt string, d time.Duration) {
 	t.Helper()
 	name := t.Name()
@@ -87,6 +88,9 @@ func watchdog(t *testing.T, mnt string, d time.Duration) {
 		if err != nil && err != syscall.EBUSY {
 			panic(fmt.Sprintf("%s: still running after %v, and the mount cannot be aborted: %v", name, d, err))
 		}
+		// The server stops when its connection is aborted, and then no
+		// longer unmounts: detach the mount point now.
+		syscall.Unmount(mnt, syscall.MNT_DETACH)
 	})
 	t.Cleanup(func() {
 		timer.Stop()
