@@ -140,7 +140,9 @@ func run(t testing.TB, name string, stdin []byte, lim Limits) (Result, error) {
 // mustRun runs the module name and fails the test unless it succeeds.
 func mustRun(t testing.TB, name string, stdin []byte) Result {
 	t.Helper()
-	res, err := run(t, name, stdin, Limits{})
+	// A generous limit: these check what apps answer, not how fast, and
+	// run under the race detector on a busy machine.
+	res, err := run(t, name, stdin, Limits{Timeout: 2 * time.Minute})
 	if err != nil {
 		t.Fatalf("%s: %v (stderr %q)", name, err, res.Stderr)
 	}
