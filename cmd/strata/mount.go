@@ -8,10 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
-
-	"github.com/tink-crypto/tink-go/v2/keyset"
 
 	"strata/mount/fuse"
 	"strata/mount/link"
@@ -70,33 +67,11 @@ func mountCmd(ctx context.Context, args []string) error {
 		return fmt.Errorf("mount: %w", err)
 	}
 	purpose := keyring.Client(name)
-	// The keyset is read again when its file changes (a rotation), and
-	// the last good one is kept if it cannot be read.
-	var (
-		kmu   sync.Mutex
-		kh    *keyset.Handle
-		kmod  time.Time
-		kread = func() (*keyset.Handle, error) {
-			kmu.Lock()
-			defer kmu.Unlock()
-			st, err := os.Stat(*key)
-			if err == nil && (kh == nil || !st.ModTime().Equal(kmod)) {
-				h, rerr := link.ReadKeyset(*key, kekAEAD, string(purpose))
-				if rerr == nil {
-					kh, kmod = h, st.ModTime()
-				} else if kh == nil {
-					return nil, rerr
-				}
-			} else if err != nil && kh == nil {
-				return nil, err
-			}
-			return kh, nil
-		}
-	)
-	if _, err := kread(); err != nil {
-		return fmt.Errorf("mount: reading the keyset %s: %w", *key, err)
+	keys, err := keyring.FileKeys(*key, kekAEAD, purpose, log.With("unit", "keys"))
+	if err != nil {
+		return fmt.Errorf("mount: %w", err)
 	}
-	lcfg := link.Config{Name: name, Method: purpose.Method(), Keys: func() *keyset.Handle { h, _ := kread(); return h }}
+	lcfg := link.Config{Name: name, Method: purpose.Method(), Keys: keys}
 	if err := fuse.CleanStale(mountpoint); err != nil {
 		return fmt.Errorf("mount: %w", err)
 	}

@@ -141,7 +141,7 @@ func (r *Reply) App() string {
 // Failures of the kinds a link or a deadline causes are transient.
 func Failed(id, where string, err error) *Reply {
 	k := fs.KindOf(err)
-	return &Reply{ID: id, Where: where, Kind: k, Reason: oneLine(err.Error()), Transient: TransientKind(k)}
+	return &Reply{ID: id, Where: where, Kind: k, Reason: OneLine(err.Error()), Transient: TransientKind(k)}
 }
 
 // TransientKind reports whether a failure of kind k is transient.
@@ -153,7 +153,8 @@ func TransientKind(k fs.Kind) bool {
 	return false
 }
 
-func oneLine(s string) string {
+// OneLine makes s fit one header line: trimmed, line breaks as "; ".
+func OneLine(s string) string {
 	s = strings.TrimSpace(s)
 	s = strings.ReplaceAll(s, "\r", " ")
 	return strings.ReplaceAll(s, "\n", "; ")
@@ -207,17 +208,17 @@ func EncodeReply(r *Reply) []byte {
 	} else {
 		b.WriteString("status failed\n")
 		fmt.Fprintf(&b, "kind %d\n", r.Kind)
-		fmt.Fprintf(&b, "reason %s\n", oneLine(r.Reason))
+		fmt.Fprintf(&b, "reason %s\n", OneLine(r.Reason))
 		if r.Transient {
 			b.WriteString("transient yes\n")
 		}
 	}
-	fmt.Fprintf(&b, "where %s\n", oneLine(r.Where))
+	fmt.Fprintf(&b, "where %s\n", OneLine(r.Where))
 	if r.Why != "" {
-		fmt.Fprintf(&b, "why %s\n", oneLine(r.Why))
+		fmt.Fprintf(&b, "why %s\n", OneLine(r.Why))
 	}
 	if r.Route != "" {
-		fmt.Fprintf(&b, "route %s\n", oneLine(r.Route))
+		fmt.Fprintf(&b, "route %s\n", OneLine(r.Route))
 	}
 	fmt.Fprintf(&b, "out %d\nerr %d\n\n", len(r.Out), len(r.Err))
 	b.Write(r.Out)

@@ -324,3 +324,41 @@ func EdgePeers(peer string) (Purpose, error) {
 	}
 	return Client(peer), nil
 }
+
+// FileKeys returns a function giving the keyset in the file at path (for
+// a peer with one keyset of its own, outside a keyring directory): it is
+// read again when the file changes, and the last good one is kept while
+// the file cannot be read. The first read must succeed.
+func FileKeys(path string, kek tink.AEAD, p Purpose, log *slog.Logger) (func() *keyset.Handle, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var (
+		mu   sync.Mutex
+		last cached
+	)
+	read := func() (*keyset.Handle, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		st, err := os.Stat(path)
+		if err == nil && last.h != nil && st.ModTime().Equal(last.mtime) && st.Size() == last.size {
+			return last.h, nil
+		}
+		if err == nil {
+			var h *keyset.Handle
+			if h, err = link.ReadKeyset(path, kek, string(p)); err == nil {
+				last = cached{mtime: st.ModTime(), size: st.Size(), h: h}
+				return h, nil
+			}
+		}
+		if last.h == nil {
+			return nil, err
+		}
+		log.Warn("reading a keyset failed; using the last one read", "file", path, "err", err)
+		return last.h, nil
+	}
+	if _, err := read(); err != nil {
+		return nil, fmt.Errorf("reading the keyset %s: %w", path, err)
+	}
+	return func() *keyset.Handle { h, _ := read(); return h }, nil
+}

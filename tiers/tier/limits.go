@@ -138,12 +138,10 @@ type savedLimits struct {
 	MemoryMiB uint32 `json:"memory_mib,omitempty"`
 }
 
-var saveMu sync.Mutex
-
 // saveLimits writes the per-app limits atomically.
 func (t *Tier) saveLimits() error {
-	saveMu.Lock()
-	defer saveMu.Unlock()
+	t.saveMu.Lock()
+	defer t.saveMu.Unlock()
 	t.mu.Lock()
 	saved := map[string]savedLimits{}
 	for app, l := range t.appLimits {
@@ -154,27 +152,37 @@ func (t *Tier) saveLimits() error {
 	if err != nil {
 		return err
 	}
-	tmp := t.cfg.LimitsFile + ".tmp"
+	return WriteFileAtomic(t.cfg.LimitsFile, b)
+}
+
+// WriteFileAtomic replaces the file at path with b: written to a
+// temporary file, synced, renamed over path, and the directory synced, so
+// a crash leaves the old content or the new.
+func WriteFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(b); err == nil {
+	if _, err = f.Write(b); err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, t.cfg.LimitsFile)
+		err = os.Rename(tmp, path)
 	}
-	if err == nil {
-		if d, derr := os.Open(filepath.Dir(t.cfg.LimitsFile)); derr == nil {
-			d.Sync()
-			d.Close()
-		}
+	if err != nil {
+		os.Remove(tmp)
+		return err
 	}
-	return err
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // limitsFile is /apps/ID/limits: read it for the limits the app runs

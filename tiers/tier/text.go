@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"strata/fs"
+	"strata/tiers/call"
 	"strata/tiers/wasm"
 )
 
@@ -20,8 +21,11 @@ import (
 func (t *Tier) info(ctx context.Context, id string) ([]byte, error) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# %s\napp %s\n", t.cfg.Name, id)
+	var as appStats
 	t.mu.Lock()
-	as := *t.app(id)
+	if p := t.perApp[id]; p != nil {
+		as = *p
+	}
 	t.mu.Unlock()
 	switch t.cfg.Role {
 	case Cloud:
@@ -67,15 +71,13 @@ func (t *Tier) info(ctx context.Context, id string) ([]byte, error) {
 	if t.cfg.Parent != nil {
 		up, err := fs.ReadAll(ctx, t.cfg.Parent.File("apps/"+id+"/info"), 64<<10)
 		if err != nil {
-			fmt.Fprintf(&b, "# %s\nunreachable %s\n", t.cfg.ParentName, oneLine(err.Error()))
+			fmt.Fprintf(&b, "# %s\nunreachable %s\n", t.cfg.ParentName, call.OneLine(err.Error()))
 		} else {
 			b.Write(up)
 		}
 	}
 	return b.Bytes(), nil
 }
-
-func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ") }
 
 // ParseInfo reads the authoritative version and hash from an info text.
 func ParseInfo(info []byte) (version uint64, hash string, err error) {
@@ -109,7 +111,7 @@ func (t *Tier) status(ctx context.Context) ([]byte, error) {
 		case st.Connected:
 			fmt.Fprintf(&b, "parent %s %s connected since %s, reconnects %d\n", t.cfg.ParentName, st.Addr, st.Since.UTC().Format(time.RFC3339), st.Reconnects)
 		case st.LastError != "":
-			fmt.Fprintf(&b, "parent %s %s down: %s", t.cfg.ParentName, st.Addr, oneLine(st.LastError))
+			fmt.Fprintf(&b, "parent %s %s down: %s", t.cfg.ParentName, st.Addr, call.OneLine(st.LastError))
 			if !st.NextAttempt.IsZero() {
 				fmt.Fprintf(&b, "; next attempt in %s", time.Until(st.NextAttempt).Round(time.Millisecond))
 			}

@@ -116,8 +116,9 @@ type Tier struct {
 	pendingApps map[string]bool
 	// upSeen is when the parent last said it has an app.
 	upSeen map[string]time.Time
-	// appLimits are the apps' own limits.
+	// appLimits are the apps' own limits; saveMu orders their saving.
 	appLimits map[string]wasm.Limits
+	saveMu    sync.Mutex
 	// speed estimates the link to the parent (client).
 	speed speed
 

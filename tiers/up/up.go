@@ -274,7 +274,7 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 	if err != nil {
 		return h, err
 	}
-	if err := writeFileAtomic(filepath.Join(cfg.Dir, ManifestFile), append(b, '\n')); err != nil {
+	if err := tier.WriteFileAtomic(filepath.Join(cfg.Dir, ManifestFile), append(b, '\n')); err != nil {
 		return h, err
 	}
 	return h, nil
@@ -308,12 +308,4 @@ func sortedKeys(m map[string][]byte) []string {
 	}
 	slices.Sort(ks)
 	return ks
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
