@@ -9,12 +9,15 @@
 //
 // # Nodes
 //
-// A node is found by name with fs.Dir.Lookup, and its inode number is the
-// tree's Info.ID (fs.PathID of the path for a tree without IDs). The
-// kernel's node for a file is the same for as long as the file keeps its
-// ID and its path: the ID alone does not say, as a tree without generation
-// numbers (one whose IDs are the disk's inode numbers) may give a freed
-// number to a new file elsewhere at once. A node remembers the fs.Node
+// A node is found by name with fs.Dir.Lookup. The kernel's node for a file
+// is the same for as long as the file keeps its tree ID (Info.ID, or
+// fs.PathID of the path for a tree without IDs) and its path: the ID alone
+// does not say, as a tree without generation numbers (one whose IDs are
+// the disk's inode numbers) may give a freed number to a new file
+// elsewhere at once. For the same reason the inode number a node shows is
+// a hash of its ID and the path where the kernel first met it, kept across
+// renames through the mount; two names never show one number, so mv, cp
+// and tar do not take two files for one. A node remembers the fs.Node
 // that the tree gave it, and a lookup that finds it again updates it.
 // After a directory is renamed through the mount, every remembered fs.Node
 // is looked up again from its parent when next used, so that trees whose

@@ -2,7 +2,9 @@ package fuse
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"hash/fnv"
 	iofs "io/fs"
 	"runtime"
 	"sync"
@@ -46,7 +48,7 @@ type ident struct {
 
 // identKey is the identity of a node: its inode number, type and path.
 type identKey struct {
-	ino  uint64
+	id   uint64 // the tree's ID (fs.PathID of the path if it has none)
 	mode uint32
 	path string
 }
@@ -177,7 +179,7 @@ func (m *Mounted) identFor(k identKey, n fs.Node, epoch uint64, stream bool) *id
 		}
 	}
 	m.gen++
-	id := &ident{ino: k.ino, mode: k.mode, gen: m.gen, box: &keyBox{k}, node: n, epoch: epoch, stream: stream}
+	id := &ident{ino: inoFor(k.id, k.path), mode: k.mode, gen: m.gen, box: &keyBox{k}, node: n, epoch: epoch, stream: stream}
 	m.idents[k] = weak.Make(id)
 	runtime.AddCleanup(id, m.dropIdent, id.box)
 	return id
@@ -208,18 +210,51 @@ func (m *Mounted) rekey(id *ident, p string) {
 
 // keyOf is the identity of a node with info at path p.
 func keyOf(info fs.Info, isDir bool, p string) identKey {
-	ino := info.ID
-	if reservedIno(ino) {
-		ino = fs.PathID(p)
-		if reservedIno(ino) {
-			ino = 2
-		}
+	id := info.ID
+	if id == 0 {
+		id = fs.PathID(p)
 	}
 	mode := uint32(syscall.S_IFREG)
 	if isDir {
 		mode = syscall.S_IFDIR
 	}
-	return identKey{ino: ino, mode: mode, path: p}
+	return identKey{id: id, mode: mode, path: p}
+}
+
+// inoOf is the inode number of the node k: that of its ident if the
+// kernel holds one (which keeps its number across a rename), or the one it
+// will get.
+func (m *Mounted) inoOf(k identKey) uint64 {
+	m.imu.Lock()
+	defer m.imu.Unlock()
+	if wp, ok := m.idents[k]; ok {
+		if id := wp.Value(); id != nil {
+			return id.ino
+		}
+	}
+	return inoFor(k.id, k.path)
+}
+
+// inoFor is the kernel's inode number for a new node with the tree's ID
+// id at path p: an FNV-1a hash of both.
+//
+// The path is mixed in because a tree may give a gone node's ID to a new
+// one (the store's IDs are disk inode numbers, and an atomic rewrite
+// replaces a file's inode), while the kernel keeps the number it was first
+// told for as long as it holds the node. With the ID alone, a new file
+// could show the number of another, rewritten one, and tools such as mv,
+// cp and tar would take the two names for one file.
+func inoFor(id uint64, p string) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], id)
+	h.Write(b[:])
+	h.Write([]byte(p))
+	ino := h.Sum64()
+	if reservedIno(ino) {
+		ino = 2
+	}
+	return ino
 }
 
 // reservedIno reports whether ino cannot name a node other than the root:
@@ -787,7 +822,7 @@ func (d *dirHandle) load(ctx context.Context) syscall.Errno {
 			continue
 		}
 		k := keyOf(info, info.IsDir(), fs.Join(p, info.Name))
-		d.entries = append(d.entries, gofuse.DirEntry{Name: info.Name, Mode: k.mode, Ino: k.ino})
+		d.entries = append(d.entries, gofuse.DirEntry{Name: info.Name, Mode: k.mode, Ino: d.n.m.inoOf(k)})
 		d.infos[info.Name] = info
 	}
 	d.loaded = true

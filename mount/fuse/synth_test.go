@@ -132,12 +132,13 @@ func (d *synthDir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 type textFile struct {
 	fs.FileDefaults
 	name   string
+	id     uint64
 	stream bool
 	text   func() []byte
 }
 
 func (f *textFile) Stat(context.Context) (fs.Info, error) {
-	info := fs.Info{Name: f.name, Mode: 0o444, Stream: f.stream}
+	info := fs.Info{Name: f.name, Mode: 0o444, Stream: f.stream, ID: f.id}
 	if !f.stream {
 		info.Size = int64(len(f.text()))
 	}
@@ -479,4 +480,34 @@ func TestCtlOverNinep(t *testing.T) {
 	wantSh(t, mp, `exec 3<>ctlsync; echo data >&3; read line <&3; echo "$line"`, "DATA\n")
 	wantSh(t, mp, `cat status | wc -c; cat hello`, "240000\nhello\n")
 	wantShFail(t, mp, `cat timeout`, "Connection timed out")
+}
+
+// TestReusedIDs: two files that the tree gives one ID (as the store does
+// when a rewrite frees an inode number that a new file then takes) are two
+// files to the kernel, so mv and cp do not take them for one.
+func TestReusedIDs(t *testing.T) {
+	hello := func() []byte { return []byte("hello\n") }
+	root := &synthDir{name: "", kids: map[string]fs.Node{
+		"a": &textFile{name: "a", id: 42, text: hello},
+		"b": &textFile{name: "b", id: 42, text: hello},
+	}}
+	log, _ := testLog(t)
+	_, mp := mountT(t, root, Options{Log: log})
+	out := mustSh(t, mp, `stat -c %i a b; ls -i a b | awk '{print $1}'`)
+	f := strings.Fields(out)
+	if len(f) != 4 {
+		t.Fatalf("stat and ls -i printed %q", out)
+	}
+	if f[0] == f[1] {
+		t.Errorf("a and b show one inode number, %s", f[0])
+	}
+	if f[0] != f[2] || f[1] != f[3] {
+		t.Errorf("stat says %s %s, ls -i says %s %s", f[0], f[1], f[2], f[3])
+	}
+	// cp refuses to copy a file onto itself: here it must try, and fail
+	// only because the tree is read-only.
+	_, errOut, err := sh(t, mp, `cp a b`)
+	if err == nil || strings.Contains(errOut, "same file") {
+		t.Errorf("cp a b: %v, stderr %q; want a refusal that is not \"same file\"", err, errOut)
+	}
 }
