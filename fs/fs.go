@@ -93,6 +93,21 @@ type Handle interface {
 	Close(ctx context.Context) error
 }
 
+// Aborter is a Handle that can be closed without acknowledging what was
+// written through it: a pending atomic rewrite is discarded, and the file
+// keeps the content it had (writes already made in place stay). An upload
+// that fails half way uses it.
+type Aborter interface {
+	Abort(ctx context.Context) error
+}
+
+// HandleStater is a Handle that describes the file it has open, which
+// after an atomic rewrite may no longer be the file at its name: a reader
+// takes its size from here, not from the node, to read one version whole.
+type HandleStater interface {
+	Stat(ctx context.Context) (Info, error)
+}
+
 // Flag is how a file is opened: the os.O_* flags.
 type Flag int
 

@@ -8,6 +8,7 @@
 //	strata call APP < request > answer          invoke through an edge
 //	strata deploy APP FILE.wasm                 deploy at the cloud
 //	strata status                               every tier's /status
+//	strata token issue|revoke|list              the clients' web tokens
 //
 // Every subcommand prints its flags with -h.
 package main
@@ -36,6 +37,7 @@ func commands() []command {
 		{"call", "call [-dir DIR | -addr ADDR] [-client NAME] APP < request > answer", callCmd},
 		{"deploy", "deploy [-dir DIR | -addr ADDR] APP FILE.wasm", deployCmd},
 		{"status", "status [-dir DIR | -addr ADDR]", statusCmd},
+		{"token", "token [-dir DIR | -tokens FILE] issue CLIENT | revoke CLIENT|ID | list", tokenCmd},
 	}
 }
 

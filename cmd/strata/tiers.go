@@ -15,7 +15,9 @@ import (
 	"strata/tiers/edge"
 	"strata/tiers/keyring"
 	"strata/tiers/tier"
+	"strata/tiers/up"
 	"strata/tiers/wasm"
+	"strata/tiers/web"
 )
 
 // tierFlags are the flags every `serve` of a tier takes.
@@ -149,12 +151,23 @@ func serveEdge(ctx context.Context, args []string) error {
 	group := f.fl.String("group", "g1", "`name` of the group")
 	parent := f.fl.String("parent", "127.0.0.1:5650", "`address` of the app edge's encrypted port")
 	timeout := f.fl.Duration("timeout", 0, "bound of each step on the link to the app edge (0: default)")
+	httpAddr := f.fl.String("http", "", "TCP `address` of the web page and its API (empty for none)")
+	cert := f.fl.String("http-cert", "", "certificate `file` (PEM): serve the web page over HTTPS")
+	key := f.fl.String("http-key", "", "private key `file` (PEM) of -http-cert")
+	public := f.fl.Bool("http-public", false, "allow plain HTTP on a non-loopback address (tokens cross the network in clear)")
+	tokens := f.fl.String("tokens", "", "web token `file` made by strata token (default: tokens.json in -keys)")
+	maxUpload := f.fl.Int64("max-upload-mib", web.DefaultMaxUpload>>20, "cap of one upload through the web page, in MiB")
+	threshold1 := f.fl.Int("threshold1", web.DefaultThreshold1, "the page downloads an app invoked more than this many times")
+	threshold2 := f.fl.Int64("threshold2", web.DefaultThreshold2, "link speed in `bytes/s` below which the page runs a held copy")
 	log, ring, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := keyring.CheckName("group", *group); err != nil {
 		return err
+	}
+	if (*cert == "") != (*key == "") {
+		return fmt.Errorf("serve edge: -http-cert and -http-key go together")
 	}
 	name := "edge/" + *group
 	s, err := edge.Start(ctx, edge.Config{
@@ -167,6 +180,25 @@ func serveEdge(ctx context.Context, args []string) error {
 	})
 	if err != nil {
 		return err
+	}
+	if *httpAddr != "" {
+		tf := *tokens
+		if tf == "" {
+			tf = filepath.Join(*f.keys, up.TokensFile)
+		}
+		tok, err := web.OpenTokens(tf)
+		if err != nil {
+			s.Shutdown(context.WithoutCancel(ctx))
+			return err
+		}
+		_, err = edge.Web(ctx, s, web.Config{
+			Tokens: tok, MaxUpload: *maxUpload << 20, Threshold1: *threshold1, Threshold2: *threshold2,
+			CallTimeout: *f.callTimeout, Secure: *cert != "", Log: log,
+		}, web.Listen{Addr: *httpAddr, CertFile: *cert, KeyFile: *key, Public: *public})
+		if err != nil {
+			s.Shutdown(context.WithoutCancel(ctx))
+			return err
+		}
 	}
 	return runServer(ctx, s, *f.grace)
 }

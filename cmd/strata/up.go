@@ -58,6 +58,10 @@ func printUp(dir string, m *up.Manifest) {
 		names = append(names, c.Name)
 	}
 	fmt.Fprintln(w, strings.Join(names, " "))
+	fmt.Fprintf(w, "\nweb page (open the link to sign in as that client):\n")
+	for _, c := range m.Clients {
+		fmt.Fprintf(w, "  %-8s %s\n", c.Name, c.Login)
+	}
 	if e, ok := m.Find("edge", ""); ok {
 		_, p, _ := strings.Cut(e.Local, ":")
 		if _, err := strconv.Atoi(p); err == nil {

@@ -248,6 +248,37 @@ func (h *handle) Close(context.Context) error {
 	return err
 }
 
+// Abort implements fs.Aborter: it closes h without finishing a pending
+// rewrite, whose temporary file is removed. Writes made in place are not
+// undone. A second Close or Abort fails with BadHandle.
+func (h *handle) Abort(context.Context) error {
+	h.mu.Lock()
+	closed := h.f == nil
+	h.mu.Unlock()
+	if closed {
+		return &fs.Error{Op: "abort", Path: h.n.where(), Kind: fs.BadHandle, Err: errHandleClosed}
+	}
+	h.abandon()
+	return nil
+}
+
+// Stat implements fs.HandleStater: it describes the file h has open, or,
+// while h is rewriting the file, what it wrote so far.
+func (h *handle) Stat(ctx context.Context) (fs.Info, error) {
+	const op = "stat"
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if err := h.usable(ctx, op); err != nil {
+		return fs.Info{}, err
+	}
+	fi, err := h.f.Stat()
+	if err != nil {
+		return fs.Info{}, fail(op, h.n.where(), err)
+	}
+	_, name := fs.Split(h.n.where())
+	return info(name, fi), nil
+}
+
 // abandon closes h without making anything durable: a pending rewrite is
 // discarded. h.mu and s.ns must not be held.
 func (h *handle) abandon() {

@@ -332,6 +332,63 @@ func TestRewrite(t *testing.T) {
 	}
 }
 
+// TestAbort: an aborted rewrite leaves the old content and no temporary
+// file; a handle describes the file it has open, not the one at its name.
+func TestAbort(t *testing.T) {
+	s, dir := open(t)
+	root := s.Root()
+	f := put(t, root, "f", []byte("old content"))
+
+	reader, err := f.Open(ctx, fs.ReadOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close(ctx)
+
+	h, err := f.Open(ctx, fs.WriteOnly|fs.Truncate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, h, []byte("half an upload"), 0)
+	if err := h.(fs.Aborter).Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, root, "f", "old content")
+	if tt := temps(t, dir); len(tt) != 0 {
+		t.Errorf("temporary files left after an abort: %v", tt)
+	}
+	wantErr(t, h.(fs.Aborter).Abort(ctx), fs.BadHandle, "f")
+	wantErr(t, h.Close(ctx), fs.BadHandle, "f")
+
+	// A new file aborted stays, empty, as Create made it.
+	_, h, err = root.Create(ctx, "g", fs.WriteOnly, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, h, []byte("lost"), 0)
+	if err := h.(fs.Aborter).Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, root, "g", "")
+
+	// The reader opened before a rewrite keeps describing the old file.
+	put(t, root, "f", []byte("new"))
+	info, err := reader.(fs.HandleStater).Stat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Name != "f" || info.Size != int64(len("old content")) {
+		t.Errorf("the old handle's Stat says %+v, want f with the old size", info)
+	}
+	cur, err := lookupFile(t, root, "f").Stat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.Size != 3 || cur.ID == info.ID {
+		t.Errorf("the node says %+v, the old handle %+v", cur, info)
+	}
+}
+
 func TestSyncPublishes(t *testing.T) {
 	s, dir := open(t)
 	root := s.Root()

@@ -11,6 +11,7 @@ import (
 	"strata/fs"
 	"strata/fs/store"
 	"strata/tiers/tier"
+	"strata/tiers/web"
 )
 
 // Config is an edge's place, ports and parent.
@@ -70,4 +71,29 @@ func clientStore(ctx context.Context, root fs.Dir, peer string) (fs.Dir, error) 
 		return nil, &fs.Error{Op: "attach", Path: peer, Kind: fs.NotDir, Err: errors.New("the client's store is not a directory")}
 	}
 	return d, nil
+}
+
+// Web serves the web front end of the edge that srv serves: the page and
+// its API over each client's namespace. It stops when srv shuts down.
+func Web(ctx context.Context, srv *tier.Server, cfg web.Config, l web.Listen) (*web.HTTPServer, error) {
+	t := srv.Tier()
+	cfg.Tier = t.Name()
+	cfg.Root = t.Root
+	if cfg.Log != nil {
+		cfg.Log = cfg.Log.With("tier", t.Name(), "unit", "web")
+	}
+	h, err := web.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	hs, err := web.Serve(ctx, l, h, cfg.Log)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", t.Name(), err)
+	}
+	srv.OnShutdown(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		hs.Shutdown(sctx)
+	})
+	return hs, nil
 }

@@ -152,15 +152,16 @@ func (t *Tier) saveLimits() error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(t.cfg.LimitsFile, b)
+	return WriteFileAtomic(t.cfg.LimitsFile, b, 0o644)
 }
 
-// WriteFileAtomic replaces the file at path with b: written to a
-// temporary file, synced, renamed over path, and the directory synced, so
-// a crash leaves the old content or the new.
-func WriteFileAtomic(path string, b []byte) error {
+// WriteFileAtomic replaces the file at path with b, with permission bits
+// perm: written to a temporary file, synced, renamed over path, and the
+// directory synced, so a crash leaves the old content or the new.
+func WriteFileAtomic(path string, b []byte, perm os.FileMode) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		return err
 	}

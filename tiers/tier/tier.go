@@ -390,6 +390,12 @@ func margin(left time.Duration) time.Duration {
 // Forward invokes req on the tier whose namespace is parent through its
 // call file, and returns the reply. An error means no reply came back.
 func Forward(ctx context.Context, parent *remote.Tree, req *call.Request) (*call.Reply, error) {
+	return ForwardFile(ctx, parent.File("apps/"+req.App+"/calls/"+req.ID), req)
+}
+
+// ForwardFile invokes req through f, a tier's /apps/<app>/calls/<id>
+// file, and returns the reply. An error means no reply came back.
+func ForwardFile(ctx context.Context, f fs.File, req *call.Request) (*call.Reply, error) {
 	left := req.Budget
 	if dl, ok := ctx.Deadline(); ok {
 		left = time.Until(dl)
@@ -399,7 +405,7 @@ func Forward(ctx context.Context, parent *remote.Tree, req *call.Request) (*call
 	}
 	fwd := *req
 	fwd.Budget = left - margin(left)
-	h, err := parent.File("apps/"+req.App+"/calls/"+req.ID).Open(ctx, fs.ReadWrite)
+	h, err := f.Open(ctx, fs.ReadWrite)
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ import (
 	"strata/tiers/keyring"
 	"strata/tiers/tier"
 	"strata/tiers/wasm"
+	"strata/tiers/web"
 )
 
 // Defaults.
@@ -59,6 +60,12 @@ type Config struct {
 	// WasmCache is the directory of compiled modules that every tier
 	// shares (Dir/wasm-cache if empty).
 	WasmCache string
+	// Threshold1 and Threshold2 are the web page's detection rules (the
+	// web package's defaults if zero).
+	Threshold1 int
+	Threshold2 int64
+	// MaxUpload caps an upload through the web page (default if zero).
+	MaxUpload int64
 	Log       *slog.Logger
 }
 
@@ -67,8 +74,9 @@ type Entry struct {
 	Role  string `json:"role"`
 	Group string `json:"group"`
 	Name  string `json:"name"`
-	Addr  string `json:"addr"`  // the encrypted port
-	Local string `json:"local"` // the plain 9P port on loopback
+	Addr  string `json:"addr"`          // the encrypted port
+	Local string `json:"local"`         // the plain 9P port on loopback
+	Web   string `json:"web,omitempty"` // an edge's web page
 }
 
 // ClientEntry is one client in up.json: the edge it uses and its keyset.
@@ -77,6 +85,10 @@ type ClientEntry struct {
 	Group string `json:"group"`
 	Edge  string `json:"edge"`
 	Key   string `json:"key"`
+	// Token is the client's web token, and Login the page's address
+	// that signs in with it.
+	Token string `json:"token"`
+	Login string `json:"login"`
 }
 
 // Manifest is up.json.
@@ -85,6 +97,7 @@ type Manifest struct {
 	Clients []ClientEntry `json:"clients"`
 	Keys    string        `json:"keys"`
 	KEK     string        `json:"kek"`
+	Tokens  string        `json:"tokens"` // the web token file
 }
 
 // ManifestFile is the name of the manifest in Dir.
@@ -118,6 +131,7 @@ type Group struct {
 	Name    string
 	AppEdge *tier.Server
 	Edge    *tier.Server
+	Web     *web.HTTPServer // the edge's web page
 	Clients []string
 }
 
@@ -159,7 +173,12 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 	if err != nil {
 		return nil, err
 	}
-	h = &Hierarchy{Keys: ring, Manifest: &Manifest{Keys: ring.Dir(), KEK: filepath.Join(ring.Dir(), keyring.KEKFile)}}
+	tokens, err := web.OpenTokens(filepath.Join(ring.Dir(), TokensFile))
+	if err != nil {
+		return nil, err
+	}
+	oldTokens := previousTokens(cfg.Dir, tokens)
+	h = &Hierarchy{Keys: ring, Manifest: &Manifest{Keys: ring.Dir(), KEK: filepath.Join(ring.Dir(), keyring.KEKFile), Tokens: tokens.Path()}}
 	defer func() {
 		if err != nil {
 			h.Shutdown(context.Background())
@@ -252,13 +271,29 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 		}
 		h.add(ed)
 		grp.Edge = ed
+		grp.Web, err = edge.Web(ctx, ed, web.Config{
+			Tokens: tokens, MaxUpload: cfg.MaxUpload, Threshold1: cfg.Threshold1, Threshold2: cfg.Threshold2,
+			CallTimeout: cfg.CallTimeout, Log: log,
+		}, web.Listen{Addr: port(cfg.Port, 10*i+4)})
+		if err != nil {
+			return h, err
+		}
 		h.Manifest.Tiers = append(h.Manifest.Tiers,
 			Entry{Role: "appedge", Group: g, Name: an, Addr: ae.Addr(), Local: ae.Local()},
-			Entry{Role: "edge", Group: g, Name: en, Addr: ed.Addr(), Local: ed.Local()})
+			Entry{Role: "edge", Group: g, Name: en, Addr: ed.Addr(), Local: ed.Local(), Web: grp.Web.URL()})
 		for c := 1; c <= cfg.Clients; c++ {
 			name := fmt.Sprintf("%s-c%d", g, c)
 			grp.Clients = append(grp.Clients, name)
-			h.Manifest.Clients = append(h.Manifest.Clients, ClientEntry{Name: name, Group: g, Edge: ed.Addr(), Key: ring.Path(keyring.Client(name))})
+			tok := oldTokens[name]
+			if tok == "" {
+				if tok, _, err = tokens.Issue(name); err != nil {
+					return h, err
+				}
+			}
+			h.Manifest.Clients = append(h.Manifest.Clients, ClientEntry{
+				Name: name, Group: g, Edge: ed.Addr(), Key: ring.Path(keyring.Client(name)),
+				Token: tok, Login: grp.Web.URL() + "#token=" + tok,
+			})
 		}
 		h.Groups = append(h.Groups, grp)
 	}
@@ -274,13 +309,33 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 	if err != nil {
 		return h, err
 	}
-	if err := tier.WriteFileAtomic(filepath.Join(cfg.Dir, ManifestFile), append(b, '\n')); err != nil {
+	if err := tier.WriteFileAtomic(filepath.Join(cfg.Dir, ManifestFile), append(b, '\n'), 0o600); err != nil {
 		return h, err
 	}
 	return h, nil
 }
 
 func (h *Hierarchy) add(s *tier.Server) { h.servers = append(h.servers, s) }
+
+// TokensFile is the name of the web token file in the keyring directory.
+const TokensFile = "tokens.json"
+
+// previousTokens are the clients' web tokens that the last run wrote in
+// up.json and that are still good, so that a restart keeps the page's
+// sign-ins.
+func previousTokens(dir string, tokens *web.Tokens) map[string]string {
+	out := map[string]string{}
+	m, err := ReadManifest(dir)
+	if err != nil {
+		return out
+	}
+	for _, c := range m.Clients {
+		if name, err := tokens.Check(c.Token); err == nil && name == c.Name {
+			out[c.Name] = c.Token
+		}
+	}
+	return out
+}
 
 // Shutdown stops every tier, children first.
 func (h *Hierarchy) Shutdown(ctx context.Context) error {
