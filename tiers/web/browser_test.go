@@ -269,6 +269,28 @@ func TestBrowser(t *testing.T) {
 	if got, err := read9(t, h, "g1-c1", "store/notes.txt"); err != nil || got != "uploaded from a browser\n" {
 		t.Errorf("the uploaded file through 9P: %q, %v", got, err)
 	}
+	// Drag and drop a file onto the store, then delete it with its button.
+	eval[bool](t, ctx, `(() => {
+		const dt = new DataTransfer();
+		dt.items.add(new File(['dropped\n'], 'dropped.txt', {type: 'text/plain'}));
+		const zone = document.querySelector('#drop-zone');
+		zone.dispatchEvent(new DragEvent('dragenter', {dataTransfer: dt, bubbles: true, cancelable: true}));
+		zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+		return true;
+	})()`)
+	waitFor(t, ctx, "the dropped file", `document.querySelector('#store-list tr[data-name="dropped.txt"]') !== null`)
+	if got, err := read9(t, h, "g1-c1", "store/dropped.txt"); err != nil || got != "dropped\n" {
+		t.Errorf("the dropped file through 9P: %q, %v", got, err)
+	}
+	if p := eval[float64](t, ctx, `document.querySelector('#upload-progress').value / (document.querySelector('#upload-progress').max || 1)`); p != 1 {
+		t.Errorf("the progress bar ends at %v, want full", p)
+	}
+	eval[bool](t, ctx, `(window.confirm = () => true, true)`)
+	do(t, ctx, "deleting the dropped file", chromedp.Click(chromedp.CSS(`#store-list tr[data-name="dropped.txt"] button.delete`)))
+	waitFor(t, ctx, "the deletion", `document.querySelector('#store-list tr[data-name="dropped.txt"]') === null`)
+	if _, err := read9(t, h, "g1-c1", "store/dropped.txt"); err == nil {
+		t.Errorf("the deleted file is still in the store")
+	}
 	shot(t, ctx, shots, "store")
 
 	// Invoke upper: HELLO, and the tier that ran it.
@@ -317,9 +339,13 @@ func TestBrowser(t *testing.T) {
 	// Another client, another store.
 	do(t, ctx, "signing out", chromedp.Click(chromedp.CSS("#logout")))
 	waitFor(t, ctx, "the sign-in view", `!document.querySelector('#login').hidden`)
+	if n := eval[int](t, ctx, `document.querySelectorAll('#store-list tr').length`); n != 0 {
+		t.Errorf("after signing out the page still lists %d files", n)
+	}
+	b := newAPI(t, h, "g1-c2")
+	b.want(201, "PUT", "/api/store/mine.txt", strings.NewReader("the second client's\n"))
 	do(t, ctx, "signing in as the second client", chromedp.Navigate(base+"#token="+c2.Token))
-	waitFor(t, ctx, "the second client's page", `window.strata && document.querySelector('#whoami').textContent.trim() === 'g1-c2'`)
-	eval[bool](t, ctx, `window.strata.ready.then(() => true)`)
+	waitFor(t, ctx, "the second client's files", `document.querySelector('#whoami').textContent.trim() === 'g1-c2' && document.querySelector('#store-list tr[data-name="mine.txt"]') !== null`)
 	if n := eval[int](t, ctx, `document.querySelectorAll('#store-list tr[data-name="notes.txt"]').length`); n != 0 {
 		t.Errorf("the second client sees the first client's file")
 	}

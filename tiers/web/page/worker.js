@@ -1,14 +1,13 @@
 // A Web Worker that runs one WASI module once, off the page's thread, so
 // that the page can stop a runaway app by terminating the worker.
 //
-// In:  {bytes: ArrayBuffer (the module), args: [string], input: Uint8Array}
+// In:  {module: WebAssembly.Module (compiled by the page), args: [string], input: Uint8Array}
 // Out: {started: true} once the module is compiled and about to start,
 //      then {exitCode, stdout, stderr} or {error: "a sentence"}.
 import { WASI } from "/static/wasi.js";
 
-self.onmessage = async ({ data: { bytes, args, input } }) => {
+self.onmessage = async ({ data: { module, args, input } }) => {
   try {
-    const module = await WebAssembly.compile(bytes);
     const wasi = new WASI({ args, stdin: input });
     const instance = await WebAssembly.instantiate(module, wasi.imports);
     self.postMessage({ started: true });
