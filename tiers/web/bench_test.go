@@ -187,4 +187,3 @@ func summary(name string, v []float64) string {
 	}
 	return fmt.Sprintf("%s: n=%d p50 %.2f ms p90 %.2f ms max %.2f ms", name, len(s), s[len(s)/2], s[len(s)*9/10], s[len(s)-1])
 }
-
