@@ -336,6 +336,23 @@ func TestBrowser(t *testing.T) {
 	shot(t, ctx, shots, "local")
 	proxy.rate.Store(0)
 
+	// A new version at the cloud: the page drops the copy it holds once it
+	// sees the new hash, and the next call goes to the edge.
+	dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if _, err := h.Cloud.Tier().Deploy(dctx, "upper", modules["wc"]); err != nil {
+		t.Fatal(err)
+	}
+	dcancel()
+	time.Sleep(2100 * time.Millisecond) // the page rereads the apps at most every 2 s
+	run("hello")
+	waitFor(t, ctx, "the stale copy to go", `document.querySelector('#held').textContent.trim().startsWith('not held')`)
+	if where := text(t, ctx, "#answer-where"); where == "this browser" {
+		t.Errorf("after a new version the old copy ran in the browser")
+	}
+	if v := eval[bool](t, ctx, `window.strata.held('upper').then(h => h === null)`); !v {
+		t.Errorf("the stale copy is still in IndexedDB")
+	}
+
 	// Another client, another store.
 	do(t, ctx, "signing out", chromedp.Click(chromedp.CSS("#logout")))
 	waitFor(t, ctx, "the sign-in view", `!document.querySelector('#login').hidden`)
