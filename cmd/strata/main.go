@@ -9,6 +9,9 @@
 //	strata deploy APP FILE.wasm                 deploy at the cloud
 //	strata status                               every tier's /status
 //	strata token issue|revoke|list              the clients' web tokens
+//	strata delay -listen ADDR -to ADDR          a delay line (latency, rate)
+//	strata apps -o DIR                          build the sample apps
+//	strata load -addr ADDR [-apps a,b] [-n 200] a bounded load of invocations, with latencies
 //
 // Every subcommand prints its flags with -h.
 package main
@@ -38,6 +41,9 @@ func commands() []command {
 		{"deploy", "deploy [-dir DIR | -addr ADDR] APP FILE.wasm", deployCmd},
 		{"status", "status [-dir DIR | -addr ADDR]", statusCmd},
 		{"token", "token [-dir DIR | -tokens FILE] issue CLIENT | revoke CLIENT|ID | list", tokenCmd},
+		{"delay", "delay -listen ADDR -to ADDR [-delay 10ms] [-rate BYTES/S] [-for D]", delayCmd},
+		{"apps", "apps [-o DIR]", appsCmd},
+		{"load", "load (-addr ADDR | -edge ADDR -key FILE) [-apps a,b] [-zipf S] [-n 200] [-c 1]", loadCmd},
 	}
 }
 

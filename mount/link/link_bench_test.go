@@ -53,13 +53,17 @@ func linkPair(b *testing.B, m Method) (net.Conn, net.Conn) {
 
 // benchStream sends benchTotal bytes from w to r per iteration; r acks
 // each iteration with one byte, so the time covers delivery.
-func benchStream(b *testing.B, w, r net.Conn) {
+func benchStream(b *testing.B, w, r net.Conn) { benchStreamN(b, w, r, benchTotal) }
+
+// benchStreamN is benchStream with total bytes per iteration (a multiple
+// of benchChunk).
+func benchStreamN(b *testing.B, w, r net.Conn, total int) {
 	benchDeadline(w, r)
 	done := make(chan error, 1)
 	go func() {
 		buf := make([]byte, benchChunk)
 		for range b.N {
-			for got := 0; got < benchTotal; {
+			for got := 0; got < total; {
 				n, err := r.Read(buf)
 				got += n
 				if err != nil {
@@ -76,10 +80,10 @@ func benchStream(b *testing.B, w, r net.Conn) {
 	}()
 	data := make([]byte, benchChunk)
 	ack := make([]byte, 1)
-	b.SetBytes(benchTotal)
+	b.SetBytes(int64(total))
 	b.ResetTimer()
 	for range b.N {
-		for sent := 0; sent < benchTotal; sent += benchChunk {
+		for sent := 0; sent < total; sent += benchChunk {
 			if _, err := w.Write(data); err != nil {
 				b.Fatal(err)
 			}
