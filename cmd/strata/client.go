@@ -208,50 +208,6 @@ func deployCmd(ctx context.Context, args []string) error {
 	return nil
 }
 
-func statusCmd(ctx context.Context, args []string) error {
-	fl := flag.NewFlagSet("status", flag.ContinueOnError)
-	dir := fl.String("dir", "strata-data", "`directory` of a hierarchy started by strata up")
-	addr := fl.String("addr", "", "plain 9P `address` of one tier to ask instead")
-	timeout := fl.Duration("timeout", 3*time.Second, "bound of each step")
-	if err := fl.Parse(args); err != nil {
-		return err
-	}
-	var entries []up.Entry
-	if *addr != "" {
-		entries = []up.Entry{{Name: *addr, Local: *addr}}
-	} else {
-		m, err := up.ReadManifest(*dir)
-		if err != nil {
-			return err
-		}
-		entries = m.Tiers
-	}
-	failed := 0
-	for i, e := range entries {
-		if i > 0 {
-			fmt.Println()
-		}
-		tree, err := remote.Dial(ctx, "tcp", e.Local, remote.Options{Name: e.Name, Timeout: *timeout})
-		if err != nil {
-			fmt.Printf("tier %s\ndown: %v\n", e.Name, err)
-			failed++
-			continue
-		}
-		b, err := readRemote(ctx, tree, "status")
-		tree.Close()
-		if err != nil {
-			fmt.Printf("tier %s\nerror: %v\n", e.Name, err)
-			failed++
-			continue
-		}
-		os.Stdout.Write(b)
-	}
-	if failed > 0 {
-		return fmt.Errorf("status: %d of %d tiers did not answer", failed, len(entries))
-	}
-	return nil
-}
-
 func readRemote(ctx context.Context, tree *remote.Tree, p string) ([]byte, error) {
 	return fs.ReadAll(ctx, tree.File(p), 64<<20)
 }

@@ -8,6 +8,7 @@
 //	strata call APP < request > answer          invoke through an edge
 //	strata deploy APP FILE.wasm                 deploy at the cloud
 //	strata status                               every tier's /status
+//	strata trace REQUEST-ID                     one invocation through every tier
 //	strata token issue|revoke|list              the clients' web tokens
 //	strata delay -listen ADDR -to ADDR          a delay line (latency, rate)
 //	strata apps -o DIR                          build the sample apps
@@ -39,7 +40,8 @@ func commands() []command {
 		{"mount", "mount -edge ADDR -key FILE [-threshold1 5] [-threshold2 51200] MOUNTPOINT", mountCmd},
 		{"call", "call [-dir DIR | -addr ADDR] [-client NAME] APP < request > answer", callCmd},
 		{"deploy", "deploy [-dir DIR | -addr ADDR] APP FILE.wasm", deployCmd},
-		{"status", "status [-dir DIR | -addr ADDR]", statusCmd},
+		{"status", "status [-dir DIR | -addr ADDR] [-timeout 3s]", statusTreeCmd},
+		{"trace", "trace [-dir DIR | -addr ADDR] [-client NAME] REQUEST-ID | -list", traceCmd},
 		{"token", "token [-dir DIR | -tokens FILE] issue CLIENT | revoke CLIENT|ID | list", tokenCmd},
 		{"delay", "delay -listen ADDR -to ADDR [-delay 10ms] [-rate BYTES/S] [-for D]", delayCmd},
 		{"apps", "apps [-o DIR]", appsCmd},

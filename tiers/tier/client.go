@@ -40,7 +40,15 @@ type speed struct {
 	probing bool
 }
 
-// observe records a transfer of n bytes that took d.
+// speedJump is the factor by which a sample must differ from the estimate
+// to replace it rather than be averaged in: the link changed (a fast link
+// became a slow one), and one old fast transfer must not hide that for
+// the next several calls.
+const speedJump = 4
+
+// observe records a transfer of n bytes that took d. Samples within a
+// factor of speedJump of the estimate are averaged in (weight one half);
+// a sample farther off, or the first after a long silence, replaces it.
 func (s *speed) observe(n int, d time.Duration) {
 	if n < minSample || d <= 0 {
 		return
@@ -48,7 +56,7 @@ func (s *speed) observe(n int, d time.Duration) {
 	v := float64(n) / d.Seconds()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.samples == 0 || time.Since(s.at) > 4*speedStale {
+	if s.samples == 0 || time.Since(s.at) > 4*speedStale || v > speedJump*s.bps || v*speedJump < s.bps {
 		s.bps = v
 	} else {
 		s.bps = 0.5*s.bps + 0.5*v

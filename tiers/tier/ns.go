@@ -94,7 +94,9 @@ func (r *rootDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 	case "apps":
 		return &appsDir{t: r.t, s: r.s}, nil
 	case "status":
-		return &textFile{name: "status", gen: r.t.status}, nil
+		return &queryFile{name: "status", gen: r.t.statusText}, nil
+	case "trace":
+		return &traceDir{t: r.t}, nil
 	case "probe":
 		return probeFile{}, nil
 	}
@@ -106,7 +108,7 @@ func (r *rootDir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 
 func (r *rootDir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 	pi, _ := probeFile{}.Stat(ctx)
-	infos := []fs.Info{dirInfo("apps"), textInfo("status"), pi}
+	infos := []fs.Info{dirInfo("apps"), textInfo("status"), dirInfo("trace"), pi}
 	if r.store != nil {
 		si, err := r.store.Stat(ctx)
 		if err != nil {

@@ -101,10 +101,31 @@ func ParseInfo(info []byte) (version uint64, hash string, err error) {
 	return version, hash, nil
 }
 
-// status is the text of /status.
-func (t *Tier) status(ctx context.Context) ([]byte, error) {
+// statusText is the text of /status: this tier's section, then its
+// parent's /status (see query.go for the budget and the loop guard).
+//
+// Each section starts with "# NAME". When the parent cannot be asked its
+// section is one line, "unreachable REASON" or "not asked: WHY":
+//
+//	# edge/g1
+//	tier edge/g1
+//	...
+//	# appedge/g1
+//	unreachable appedge/g1 (127.0.0.1:5650): walk status: ... connection refused
+func (t *Tier) statusText(ctx context.Context, q query) ([]byte, error) {
+	deadline := time.Now().Add(q.budget)
+	b := t.status()
+	if t.cfg.Parent != nil {
+		b = append(b, t.parentSection(ctx, q, deadline, "status", "")...)
+	}
+	return b, nil
+}
+
+// status is this tier's section of /status. Nothing in it waits for the
+// network.
+func (t *Tier) status() []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "tier %s\nrole %s\nup %s\n", t.cfg.Name, t.cfg.Role, time.Since(t.start).Round(time.Second))
+	fmt.Fprintf(&b, "# %s\ntier %s\nrole %s\nup %s\n", t.cfg.Name, t.cfg.Name, t.cfg.Role, time.Since(t.start).Round(time.Second))
 	if t.cfg.Parent != nil {
 		st := t.cfg.Parent.State()
 		switch {
@@ -126,6 +147,7 @@ func (t *Tier) status(ctx context.Context) ([]byte, error) {
 	}
 	fmt.Fprintf(&b, "invocations %d\nran-here %d\nforwarded %d\nreplayed %d\nfailed %d\nrecorded %d\n",
 		t.stats.invocations.Load(), t.stats.ranHere.Load(), t.stats.forwarded.Load(), t.stats.replayed.Load(), t.stats.failed.Load(), t.rec.Len())
+	fmt.Fprintf(&b, "traced %d: see /trace, kept %v, at most %d\n", t.traces.Len(), t.traces.ttl, t.traces.max)
 	if t.cfg.Role == AppEdge {
 		fmt.Fprintf(&b, "pull-after %d\nrefresh %s\npulls %d\n", t.cfg.PullAfter, t.cfg.Refresh, t.stats.pulls.Load())
 	}
@@ -159,7 +181,7 @@ func (t *Tier) status(ctx context.Context) ([]byte, error) {
 		fmt.Fprintf(&b, "app %s invocations %d hits %d misses %d failed %d\n", id, as.invocations, as.hits, as.misses, as.failed)
 	}
 	t.mu.Unlock()
-	return b.Bytes(), nil
+	return b.Bytes()
 }
 
 func orDur(d, def time.Duration) time.Duration {

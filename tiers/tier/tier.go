@@ -11,7 +11,11 @@
 //
 // An invocation carries a request ID (package call) through every tier;
 // each tier logs it and records the reply, so a retry with the same ID
-// gets the recorded reply without running the app again.
+// gets the recorded reply without running the app again. Each tier also
+// keeps a trace of it, /trace/ID (trace.go): when it arrived, what the
+// tier decided, how long it took and how it ended, followed by the
+// parent's trace. /status, likewise, is this tier's section followed by
+// its parent's (query.go says how long a read waits for the parents).
 package tier
 
 import (
@@ -104,6 +108,8 @@ type Tier struct {
 	log   *slog.Logger
 	rec   *call.Recorder
 	start time.Time
+	// traces are the recent invocations' records, for /trace.
+	traces *traceRing
 
 	stats struct {
 		invocations, ranHere, forwarded, replayed, failed, pulls atomic.Int64
@@ -185,6 +191,7 @@ func New(cfg Config) (*Tier, error) {
 		cfg:     cfg,
 		log:     log,
 		rec:     call.NewRecorder(0, 0),
+		traces:  newTraceRing(0, 0),
 		start:   time.Now(),
 		perApp:  map[string]*appStats{},
 		pulling: map[string]bool{},
@@ -269,12 +276,15 @@ func (t *Tier) Invoke(ctx context.Context, req *call.Request) *call.Reply {
 	}
 	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
+	arr := t.traces.arrive(req.ID, start)
+	ctx = context.WithValue(ctx, traceKey{}, traceCtx{ring: t.traces, a: arr})
 	reply, replayed := t.rec.Do(ctx, req.ID, func(ctx context.Context) *call.Reply {
 		return t.route(ctx, req)
 	})
 	if reply.Where == "" {
 		reply.Where = t.cfg.Name
 	}
+	t.traces.finish(arr, reply, replayed, time.Since(start))
 	t.stats.invocations.Add(1)
 	if replayed {
 		t.stats.replayed.Add(1)
@@ -338,6 +348,7 @@ func (t *Tier) runHere(ctx context.Context, req *call.Request, why string) *call
 	t.stats.ranHere.Add(1)
 	app, err := t.cfg.Apps.Get(ctx, req.App)
 	if err != nil {
+		t.decide(ctx, "ran here: "+why, false)
 		r := call.Failed(req.ID, t.cfg.Name, err)
 		r.Transient = fs.KindOf(err) != fs.NotExist
 		return r
@@ -350,8 +361,10 @@ func (t *Tier) runHere(ctx context.Context, req *call.Request, why string) *call
 		}
 		lim.Timeout = min(lim.Timeout, left)
 	}
+	why = fmt.Sprintf("%s (version %d)", why, app.Version)
+	t.decide(ctx, "ran here: "+why, false)
 	res, err := t.cfg.Runtime.Run(ctx, app.Module, app.Hash, req.Input, lim)
-	r := &call.Reply{ID: req.ID, OK: err == nil, Where: t.cfg.Name, Why: fmt.Sprintf("%s (version %d)", why, app.Version), Route: t.cfg.Name, Out: res.Stdout, Err: res.Stderr}
+	r := &call.Reply{ID: req.ID, OK: err == nil, Where: t.cfg.Name, Why: why, Route: t.cfg.Name, Out: res.Stdout, Err: res.Stderr}
 	if err != nil {
 		f := call.Failed(req.ID, t.cfg.Name, fmt.Errorf("app %s at %s: %w", req.App, t.cfg.Name, err))
 		r.Kind, r.Reason = f.Kind, f.Reason
@@ -365,6 +378,7 @@ func (t *Tier) runHere(ctx context.Context, req *call.Request, why string) *call
 // forward sends the invocation to the parent and returns its reply.
 func (t *Tier) forward(ctx context.Context, req *call.Request, why string) *call.Reply {
 	t.stats.forwarded.Add(1)
+	t.decide(ctx, "forwarded to "+t.cfg.ParentName+": "+why, true)
 	start := time.Now()
 	r, err := Forward(ctx, t.cfg.Parent, req)
 	if err == nil {

@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const KiB = 1024;
 const MIN_SAMPLE = 16 * KiB; // smaller transfers measure latency, not speed
 const SPEED_STALE_MS = 15000;
+const SPEED_JUMP = 4; // a sample this many times off the estimate replaces it
 const APPS_FRESH_MS = 2000; // re-read /api/apps at most this often before deciding
 const LOCAL_LIMIT_MS = 5000; // an app's time limit in this browser
 
@@ -135,7 +136,10 @@ async function readBody(resp, { probe = false } = {}) {
 function observe(n, ms, probe = false) {
   if (n < MIN_SAMPLE && !probe) return null;
   const sample = n / (Math.max(ms, 1) / 1000); // browsers' timers are coarse
-  const bps = estimate && !probe ? 0.5 * estimate.bps + 0.5 * sample : sample;
+  // Averaged with the estimate, unless it is a probe, or far enough off
+  // (a factor of SPEED_JUMP) to say the link changed: the client tier's rule.
+  const near = estimate && sample < SPEED_JUMP * estimate.bps && sample * SPEED_JUMP > estimate.bps;
+  const bps = near && !probe ? 0.5 * estimate.bps + 0.5 * sample : sample;
   estimate = { bps, at: performance.now() };
   speedError = "";
   showSpeed();
