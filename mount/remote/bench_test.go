@@ -90,7 +90,10 @@ func BenchmarkWrite64MiB(b *testing.B) {
 
 // rawTCP moves benchSize bytes over a loopback connection per iteration,
 // in benchChunk writes; toServer sends them from the benchmark's side.
-func rawTCP(b *testing.B, toServer bool) {
+func rawTCP(b *testing.B, toServer bool) { rawTCPSized(b, benchSize, benchChunk, toServer) }
+
+// rawTCPSized is rawTCP with size bytes per iteration in chunk writes.
+func rawTCPSized(b *testing.B, size, chunk int, toServer bool) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -102,13 +105,13 @@ func rawTCP(b *testing.B, toServer bool) {
 			return
 		}
 		defer c.Close()
-		buf := make([]byte, benchChunk)
+		buf := make([]byte, chunk)
 		ack := []byte{1}
 		for {
 			if toServer {
 				// Receive one transfer, then acknowledge it.
-				for got := 0; got < benchSize; {
-					n, err := c.Read(buf[:min(len(buf), benchSize-got)])
+				for got := 0; got < size; {
+					n, err := c.Read(buf[:min(len(buf), size-got)])
 					if err != nil {
 						return
 					}
@@ -123,8 +126,8 @@ func rawTCP(b *testing.B, toServer bool) {
 			if _, err := io.ReadFull(c, ack); err != nil {
 				return
 			}
-			for sent := 0; sent < benchSize; sent += len(buf) {
-				if _, err := c.Write(buf[:min(len(buf), benchSize-sent)]); err != nil {
+			for sent := 0; sent < size; sent += len(buf) {
+				if _, err := c.Write(buf[:min(len(buf), size-sent)]); err != nil {
 					return
 				}
 			}
@@ -135,14 +138,14 @@ func rawTCP(b *testing.B, toServer bool) {
 		b.Fatal(err)
 	}
 	defer c.Close()
-	buf := make([]byte, benchChunk)
+	buf := make([]byte, chunk)
 	one := []byte{1}
-	b.SetBytes(benchSize)
+	b.SetBytes(int64(size))
 	b.ResetTimer()
 	for range b.N {
 		if toServer {
-			for sent := 0; sent < benchSize; sent += len(buf) {
-				if _, err := c.Write(buf[:min(len(buf), benchSize-sent)]); err != nil {
+			for sent := 0; sent < size; sent += len(buf) {
+				if _, err := c.Write(buf[:min(len(buf), size-sent)]); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -154,8 +157,8 @@ func rawTCP(b *testing.B, toServer bool) {
 		if _, err := c.Write(one); err != nil {
 			b.Fatal(err)
 		}
-		for got := 0; got < benchSize; {
-			n, err := c.Read(buf[:min(len(buf), benchSize-got)])
+		for got := 0; got < size; {
+			n, err := c.Read(buf[:min(len(buf), size-got)])
 			if err != nil {
 				b.Fatal(err)
 			}
