@@ -31,6 +31,7 @@ func (s *Server) serve9P2000L(ctx context.Context, c net.Conn, r *bufio.Reader, 
 		ctx:    ctx,
 		cctx:   context.WithoutCancel(ctx),
 		log:    log,
+		open:   &openFiles{max: s.maxOpen()},
 	}
 	w := newLWriter(c, s.maxOutstanding())
 	w.outstanding = 1 // the replayed Tversion

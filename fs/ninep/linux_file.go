@@ -3,10 +3,12 @@ package ninep
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	iofs "io/fs"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hugelgupf/p9/fsimpl/templatefs"
@@ -26,6 +28,19 @@ type lconn struct {
 
 	mu   sync.Mutex
 	root fs.Dir // from Server.Attach, once it has succeeded
+
+	fids atomic.Int64 // live lfiles: fids and the ancestors they hold
+	open *openFiles
+}
+
+// newFile makes the lfile for a new fid, unless the connection holds
+// MaxFidsL already.
+func (lc *lconn) newFile(op string, node fs.Node, path string, h fs.Handle) (*lfile, error) {
+	if lc.fids.Add(1) > MaxFidsL {
+		lc.fids.Add(-1)
+		return nil, lc.fail(op, path, &fs.Error{Op: op, Path: path, Kind: fs.Busy, Err: fmt.Errorf("too many fids: a connection may hold %d; clunk some", MaxFidsL)})
+	}
+	return &lfile{lc: lc, node: node, path: path, h: h}, nil
 }
 
 // Attach implements p9.Attacher. p9 passes no user or aname (it walks to
@@ -42,7 +57,7 @@ func (lc *lconn) Attach() (p9.File, error) {
 		}
 		lc.root = root
 	}
-	return &lfile{lc: lc, node: lc.root}, nil
+	return lc.newFile("attach", lc.root, "", nil)
 }
 
 // lerrno is what p9 sends for err: the errno of err's kind, as the
@@ -78,6 +93,7 @@ type lfile struct {
 	// Set by Open or Create.
 	h       fs.Handle
 	entries []fs.Info // directory listing taken at offset 0
+	closed  bool      // Close has given back the fid's place
 }
 
 var _ p9.File = (*lfile)(nil)
@@ -149,7 +165,11 @@ func (f *lfile) walk(names []string, getattr bool) ([]p9.QID, p9.File, p9.AttrMa
 	var qids []p9.QID
 	var info fs.Info
 	if len(names) == 0 && !getattr {
-		return nil, &lfile{lc: f.lc, node: n, path: path}, p9.AttrMask{}, p9.Attr{}, nil
+		nf, err := f.lc.newFile("walk", n, path, nil)
+		if err != nil {
+			return nil, nil, p9.AttrMask{}, p9.Attr{}, err
+		}
+		return nil, nf, p9.AttrMask{}, p9.Attr{}, nil
 	}
 	if len(names) == 0 {
 		i, err := n.Stat(f.lc.ctx)
@@ -179,7 +199,11 @@ func (f *lfile) walk(names []string, getattr bool) ([]p9.QID, p9.File, p9.AttrMa
 		qids = append(qids, lqid(info, path))
 	}
 	valid, attr := lattr(info)
-	return qids, &lfile{lc: f.lc, node: n, path: path}, valid, attr, nil
+	nf, err := f.lc.newFile("walk", n, path, nil)
+	if err != nil {
+		return nil, nil, p9.AttrMask{}, p9.Attr{}, err
+	}
+	return qids, nf, valid, attr, nil
 }
 
 // GetAttr implements p9.File.
@@ -272,12 +296,16 @@ func (f *lfile) Open(mode p9.OpenFlags) (p9.QID, uint32, error) {
 	switch n := n.(type) {
 	case fs.Dir:
 	case fs.File:
+		if err := f.lc.open.acquire("open", path); err != nil {
+			return p9.QID{}, 0, f.lc.fail("open", path, err)
+		}
 		h, err := n.Open(f.lc.ctx, lflag(mode))
 		if err != nil {
+			f.lc.open.release()
 			return p9.QID{}, 0, f.lc.fail("open", path, err)
 		}
 		f.mu.Lock()
-		f.h = h
+		f.h = f.lc.open.hold(h)
 		f.mu.Unlock()
 	default:
 		return p9.QID{}, 0, f.lc.fail("open", path, &fs.Error{Op: "open", Path: path, Kind: fs.Unsupported})
@@ -352,7 +380,12 @@ func (f *lfile) Close() error {
 	f.mu.Lock()
 	h, path := f.h, f.path
 	f.h, f.entries = nil, nil
+	closed := f.closed
+	f.closed = true
 	f.mu.Unlock()
+	if !closed {
+		f.lc.fids.Add(-1)
+	}
 	if h == nil {
 		return nil
 	}
@@ -381,16 +414,26 @@ func (f *lfile) Create(name string, flags p9.OpenFlags, perm p9.FileMode, _ p9.U
 		return nil, p9.QID{}, 0, f.lc.fail("create", path, err)
 	}
 	p := fs.Join(path, name)
-	nf, h, err := d.Create(f.lc.ctx, name, lflag(flags)|fs.CreateNew, iofs.FileMode(perm.Permissions()).Perm())
-	if err != nil {
+	if err := f.lc.open.acquire("create", p); err != nil {
 		return nil, p9.QID{}, 0, f.lc.fail("create", p, err)
 	}
+	nf, h, err := d.Create(f.lc.ctx, name, lflag(flags)|fs.CreateNew, iofs.FileMode(perm.Permissions()).Perm())
+	if err != nil {
+		f.lc.open.release()
+		return nil, p9.QID{}, 0, f.lc.fail("create", p, err)
+	}
+	h = f.lc.open.hold(h)
 	info, err := nf.Stat(f.lc.ctx)
 	if err != nil {
 		h.Close(f.lc.cctx)
 		return nil, p9.QID{}, 0, f.lc.fail("create", p, err)
 	}
-	return &lfile{lc: f.lc, node: nf, path: p, h: h}, lqid(info, p), 0, nil
+	lf, err := f.lc.newFile("create", nf, p, h)
+	if err != nil {
+		h.Close(f.lc.cctx)
+		return nil, p9.QID{}, 0, err
+	}
+	return lf, lqid(info, p), 0, nil
 }
 
 // Mkdir implements p9.File.

@@ -80,6 +80,8 @@ type plan9Conn struct {
 	fmu  sync.Mutex
 	fids map[uint32]*plan9Fid
 
+	openFiles *openFiles // the open handles, against Server.MaxOpen
+
 	refused int // malformed frames answered with Rerror; reader only
 }
 
@@ -97,16 +99,17 @@ func (s *Server) serve9P2000(ctx context.Context, c net.Conn, r *bufio.Reader, t
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cn := &plan9Conn{
-		srv:    s,
-		nc:     c,
-		r:      r,
-		log:    log,
-		ctx:    ctx,
-		cancel: cancel,
-		msize:  tv.msize,
-		slots:  make(chan struct{}, s.maxOutstanding()),
-		tags:   map[uint16]*plan9Req{},
-		fids:   map[uint32]*plan9Fid{},
+		srv:       s,
+		nc:        c,
+		r:         r,
+		log:       log,
+		ctx:       ctx,
+		cancel:    cancel,
+		msize:     tv.msize,
+		slots:     make(chan struct{}, s.maxOutstanding()),
+		tags:      map[uint16]*plan9Req{},
+		fids:      map[uint32]*plan9Fid{},
+		openFiles: &openFiles{max: s.maxOpen()},
 	}
 	cn.wmu.Lock()
 	cn.writeLocked(rversion(tv.tag, tv.msize, "9P2000"))

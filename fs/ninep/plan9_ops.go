@@ -248,9 +248,14 @@ func (cn *plan9Conn) open(req *plan9Req, m *proto.TOpen) error {
 		if info.Mode&iofs.ModeAppend != 0 {
 			flag |= fs.Append
 		}
+		if err := cn.openFiles.acquire("open", p); err != nil {
+			return err
+		}
 		if h, err = n.Open(req.ctx, flag); err != nil {
+			cn.openFiles.release()
 			return fs.WithPath(err, "open", p)
 		}
+		h = cn.openFiles.hold(h)
 		if flag.Has(fs.Truncate) {
 			if after, err := n.Stat(req.ctx); err == nil {
 				info = after
@@ -317,11 +322,15 @@ func (cn *plan9Conn) create(req *plan9Req, m *proto.TCreate) error {
 		if m.Perm&proto.DMAPPEND != 0 {
 			flag |= fs.Append
 		}
+		if err := cn.openFiles.acquire("create", p); err != nil {
+			return err
+		}
 		file, fh, err := dir.Create(req.ctx, m.Name, flag, iofs.FileMode(perm))
 		if err != nil {
+			cn.openFiles.release()
 			return fs.WithPath(err, "create", p)
 		}
-		node, h = file, fh
+		node, h = file, cn.openFiles.hold(fh)
 	}
 	newPath := append(slices.Clone(f.path), m.Name)
 	info, err := node.Stat(req.ctx)

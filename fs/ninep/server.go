@@ -69,6 +69,9 @@ type Server struct {
 	// WriteTimeout bounds how long writing a reply may make no progress
 	// (DefaultWriteTimeout if zero); past it the connection is closed.
 	WriteTimeout time.Duration
+	// MaxOpen caps the files one connection may have open at once
+	// (DefaultMaxOpen if zero); an open past it fails with Busy.
+	MaxOpen int
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}

@@ -1,0 +1,107 @@
+package ninep
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hugelgupf/p9/linux"
+	"github.com/hugelgupf/p9/p9"
+)
+
+// TestLinuxCaps: a 9P2000.L connection may have MaxOpen files open and
+// MaxFidsL fids; past either cap it gets EBUSY with the reason in the
+// server's log, a clunk gives the place back, and each connection has
+// its own count.
+func TestLinuxCaps(t *testing.T) {
+	root := plan9TestTree(t, map[string]string{"a": "1", "b": "2", "c": "3", "d": "4"})
+	addr, logs := startL(t, root, func(s *Server) { s.MaxOpen = 3 })
+	_, r := dialL(t, addr, 64<<10)
+
+	var open []p9.File
+	for _, name := range []string{"a", "b", "c"} {
+		f := walkTo(t, r, name)
+		if _, _, err := f.Open(p9.ReadOnly); err != nil {
+			t.Fatalf("open %s: %v", name, err)
+		}
+		open = append(open, f)
+	}
+	d := walkTo(t, r, "d")
+	_, _, err := d.Open(p9.ReadOnly)
+	wantErrno(t, "a fourth open", err, linux.EBUSY)
+	if !strings.Contains(logs.String(), "too many open files: a connection may have 3 open at once") {
+		t.Errorf("the log does not say why:\n%s", logs)
+	}
+	_, _, _, err = r.Create("e", p9.WriteOnly, 0o644, 0, 0)
+	wantErrno(t, "a create past the cap", err, linux.EBUSY)
+
+	// Another connection has a count of its own.
+	_, r2 := dialL(t, addr, 64<<10)
+	if _, _, err := walkTo(t, r2, "d").Open(p9.ReadOnly); err != nil {
+		t.Errorf("open on a second connection: %v", err)
+	}
+
+	// Clunking an open file gives its place back.
+	if err := open[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	d = walkTo(t, r, "d")
+	if _, _, err := d.Open(p9.ReadOnly); err != nil {
+		t.Errorf("open after a clunk: %v", err)
+	}
+
+	// Fids: MaxFidsL in all, the root's and the walked files' included
+	// (this connection holds a handful already).
+	var fids []p9.File
+	for len(fids) <= MaxFidsL {
+		_, f, err := r.Walk(nil)
+		if err != nil {
+			wantErrno(t, "a fid past the cap", err, linux.EBUSY)
+			break
+		}
+		fids = append(fids, f)
+	}
+	if n := len(fids); n >= MaxFidsL || n < MaxFidsL-10 {
+		t.Fatalf("%d more fids were given; the cap is %d in all", n, MaxFidsL)
+	}
+	fids[0].Close()
+	if _, _, err := r.Walk(nil); err != nil {
+		t.Errorf("a walk after a clunk: %v", err)
+	}
+}
+
+// TestPlan9OpenCap: the same cap on a 9P2000 connection, with its reason
+// in the Rerror.
+func TestPlan9OpenCap(t *testing.T) {
+	root := plan9TestTree(t, map[string]string{"a": "1", "b": "2", "c": "3"})
+	addr := plan9Serve(t, root, func(s *Server) { s.MaxOpen = 2 })
+	_, fsys := plan9Mount(t, addr, "u")
+	fa, err := fsys.Open("a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := fsys.Open("b", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	if _, err := fsys.Open("c", 0); err == nil || !strings.Contains(err.Error(), "too many open files: a connection may have 2 open at once") {
+		t.Errorf("a third open: %v", err)
+	}
+	if _, err := fsys.Create("new", 1, 0o644); err == nil || !strings.Contains(err.Error(), "too many open files") {
+		t.Errorf("a create past the cap: %v", err)
+	}
+	fa.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fc, err := fsys.Open("c", 0)
+		if err == nil {
+			fc.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("open after a close: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
