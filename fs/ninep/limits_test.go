@@ -1,10 +1,12 @@
 package ninep
 
 import (
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"9fans.net/go/plan9"
 	"github.com/hugelgupf/p9/linux"
 	"github.com/hugelgupf/p9/p9"
 )
@@ -103,5 +105,53 @@ func TestPlan9OpenCap(t *testing.T) {
 			t.Fatalf("open after a close: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestConnsPerPeer: a peer may hold MaxConnsPerPeer connections; the next
+// one is refused in its own dialect (EMFILE for 9P2000.L, a sentence for
+// 9P2000) and closed, and a closed connection gives its place back.
+func TestConnsPerPeer(t *testing.T) {
+	root := plan9TestTree(t, map[string]string{"a": "1"})
+	addr, logs := startL(t, root, func(s *Server) { s.MaxConnsPerPeer = 2 })
+	c1, _ := dialL(t, addr, 64<<10)
+	dialL(t, addr, 64<<10)
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := p9.NewClient(c); err == nil {
+		t.Errorf("a third 9P2000.L connection was admitted")
+	}
+	rc := plan9Dial(t, addr)
+	rx := rc.rpc(&plan9.Fcall{Type: plan9.Tversion, Tag: plan9.NOTAG, Msize: 8192, Version: "9P2000"})
+	if rx.Type != plan9.Rerror || !strings.Contains(rx.Ename, "too many connections from 127.0.0.1: the cap is 2 at once") {
+		t.Errorf("a third 9P2000 connection was answered %v", rx)
+	}
+	if !strings.Contains(logs.String(), "too many connections") {
+		t.Errorf("the refusal is not logged:\n%s", logs)
+	}
+
+	c1.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		cl, err := p9.NewClient(c)
+		if err == nil {
+			cl.Close()
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection admitted after one closed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"strata/fs"
@@ -72,8 +73,15 @@ type Server struct {
 	// MaxOpen caps the files one connection may have open at once
 	// (DefaultMaxOpen if zero); an open past it fails with Busy.
 	MaxOpen int
+	// MaxConnsPerPeer caps the connections one peer may have at once
+	// (DefaultMaxConnsPerPeer if zero). A peer is the name its link
+	// authenticated (a connection with a Peer method), else its IP
+	// address. A connection past the cap gets an error for its Tversion
+	// and is closed.
+	MaxConnsPerPeer int
 
 	mu    sync.Mutex
+	peers map[string]int // connections per peer
 	conns map[net.Conn]struct{}
 	lns   map[net.Listener]struct{}
 	wg    sync.WaitGroup
@@ -250,6 +258,19 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		return err
 	}
 	c.SetReadDeadline(time.Time{})
+	peer := peerOf(c)
+	if !s.admit(peer) {
+		why := fmt.Sprintf("too many connections from %s: the cap is %d at once", peer, s.maxConnsPerPeer())
+		log.Warn("9P connection refused", "why", why)
+		reply := rerror(tv.tag, why)
+		if tv.version == "9P2000.L" {
+			reply = rlerror(tv.tag, uint32(syscall.EMFILE))
+		}
+		c.SetWriteDeadline(time.Now().Add(timeout))
+		c.Write(reply)
+		return &refusal{why: why, reply: reply}
+	}
+	defer s.leave(peer)
 	wt := s.WriteTimeout
 	if wt <= 0 {
 		wt = DefaultWriteTimeout
@@ -262,6 +283,52 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		return s.serve9P2000L(ctx, c, r, tv, log)
 	default:
 		return s.serve9P2000(ctx, c, r, tv, log)
+	}
+}
+
+// DefaultMaxConnsPerPeer is how many connections one peer may have at
+// once unless Server.MaxConnsPerPeer says otherwise.
+const DefaultMaxConnsPerPeer = 256
+
+func (s *Server) maxConnsPerPeer() int {
+	if s.MaxConnsPerPeer <= 0 {
+		return DefaultMaxConnsPerPeer
+	}
+	return s.MaxConnsPerPeer
+}
+
+// peerOf names the peer of c: the name its link authenticated, or its IP
+// address.
+func peerOf(c net.Conn) string {
+	if p, ok := c.(interface{ Peer() string }); ok {
+		return p.Peer()
+	}
+	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	return host
+}
+
+// admit counts a connection of peer, unless it has its cap already.
+func (s *Server) admit(peer string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.peers == nil {
+		s.peers = map[string]int{}
+	}
+	if s.peers[peer] >= s.maxConnsPerPeer() {
+		return false
+	}
+	s.peers[peer]++
+	return true
+}
+
+func (s *Server) leave(peer string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.peers[peer]--; s.peers[peer] <= 0 {
+		delete(s.peers, peer)
 	}
 }
 
