@@ -155,3 +155,58 @@ func TestConnsPerPeer(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestSlowTrickle: in both dialects a message that has begun must arrive
+// within FrameTimeout, or the connection is closed; a connection that
+// idles between messages stays.
+func TestSlowTrickle(t *testing.T) {
+	root := plan9TestTree(t, map[string]string{"a": "1"})
+	for _, dialect := range []string{"9P2000.L", "9P2000"} {
+		t.Run(dialect, func(t *testing.T) {
+			addr, logs := startL(t, root, func(s *Server) { s.FrameTimeout = 300 * time.Millisecond })
+			idle, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer idle.Close()
+			slow, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer slow.Close()
+			for _, c := range []net.Conn{idle, slow} {
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := c.Write(ltversionFrame(0xffff, 8192, dialect)); err != nil {
+					t.Fatal(err)
+				}
+				if typ, _, _ := readFrame(t, c); typ != msgRversion {
+					t.Fatalf("Tversion answered with type %d", typ)
+				}
+			}
+			// Three bytes of a message, then nothing: closed.
+			slow.Write([]byte{20, 0, 0})
+			start := time.Now()
+			if _, err := slow.Read(make([]byte, 1)); err == nil {
+				t.Errorf("the trickling connection got an answer")
+			}
+			if took := time.Since(start); took > 5*time.Second {
+				t.Errorf("closed after %s", took)
+			}
+			// The idle one, past the timeout, still works: a Tversion
+			// again.
+			time.Sleep(500 * time.Millisecond)
+			if _, err := idle.Write(ltversionFrame(0xffff, 8192, dialect)); err != nil {
+				t.Fatalf("the idle connection: %v", err)
+			}
+			if typ, _, _ := readFrame(t, idle); typ != msgRversion {
+				t.Errorf("the idle connection's Tversion answered with type %d", typ)
+			}
+			for deadline := time.Now().Add(3 * time.Second); !strings.Contains(logs.String(), "a message took more than 300ms to arrive"); time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Errorf("the log does not say why the connection was closed:\n%s", logs)
+					break
+				}
+			}
+		})
+	}
+}

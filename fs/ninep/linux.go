@@ -37,7 +37,7 @@ func (s *Server) serve9P2000L(ctx context.Context, c net.Conn, r *bufio.Reader, 
 	w.outstanding = 1 // the replayed Tversion
 	stop := w.watch(ctx)
 	defer stop()
-	rd := newLReader(ltversionFrame(tv.tag, tv.msize, lreplayVersion(tv)), r, w, tv.msize, log, func(err error) {
+	rd := newLReader(ltversionFrame(tv.tag, tv.msize, lreplayVersion(tv)), r, w, tv.msize, log, frameClock{c: c, timeout: s.frameTimeout()}, func(err error) {
 		cancel(fmt.Errorf("9P2000.L connection ended: %w", err))
 	})
 

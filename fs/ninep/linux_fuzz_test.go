@@ -66,7 +66,7 @@ func FuzzLinuxFrames(f *testing.F) {
 		msize := MinMsize + uint32(msizeSel)
 		var out bytes.Buffer
 		w := newLWriter(&out, 1<<20)
-		r := newLReader(nil, bufio.NewReader(bytes.NewReader(data)), w, msize, log, func(error) {})
+		r := newLReader(nil, bufio.NewReader(bytes.NewReader(data)), w, msize, log, frameClock{}, func(error) {})
 		var got []byte
 		for {
 			hdr := make([]byte, lhdrLen)

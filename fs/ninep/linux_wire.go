@@ -250,6 +250,7 @@ type lreader struct {
 	msize  uint32
 	log    *slog.Logger
 	onFail func(error) // called once, with the error that ends reading
+	clock  frameClock
 
 	// Owned by p9's receiving goroutine (p9 serializes recv).
 	rem      int  // bytes of the current frame not yet read
@@ -257,8 +258,8 @@ type lreader struct {
 	err      error
 }
 
-func newLReader(first []byte, src *bufio.Reader, w *lwriter, msize uint32, log *slog.Logger, onFail func(error)) *lreader {
-	return &lreader{pre: first, src: src, w: w, msize: msize, log: log, onFail: onFail}
+func newLReader(first []byte, src *bufio.Reader, w *lwriter, msize uint32, log *slog.Logger, clock frameClock, onFail func(error)) *lreader {
+	return &lreader{pre: first, src: src, w: w, msize: msize, log: log, clock: clock, onFail: onFail}
 }
 
 // errLFrameSize closes a connection that sent a frame p9 must not read.
@@ -286,9 +287,10 @@ func (r *lreader) Read(p []byte) (int, error) {
 	r.rem -= n
 	if r.rem == 0 {
 		r.admitted = false // p9 has the whole frame and will answer it
+		r.clock.end()
 	}
 	if err != nil {
-		return n, r.fail(err)
+		return n, r.fail(r.clock.why(err))
 	}
 	return n, nil
 }
@@ -332,9 +334,12 @@ func (r *lreader) next() error {
 	}
 	r.admitted = true
 	for {
+		if err := r.clock.begin(r.src); err != nil {
+			return err
+		}
 		hdr, err := r.src.Peek(lhdrLen)
 		if err != nil {
-			return err
+			return r.clock.why(err)
 		}
 		size := binary.LittleEndian.Uint32(hdr)
 		typ := hdr[4]
@@ -346,7 +351,7 @@ func (r *lreader) next() error {
 		switch typ {
 		case lmsgTauth:
 			if _, err := r.src.Discard(int(size)); err != nil {
-				return err
+				return r.clock.why(err)
 			}
 			r.log.Debug("Tauth answered ENOENT: no authentication needed", "tag", tag)
 			if err := r.w.inject(rlerror(tag, lENOENT)); err != nil {

@@ -131,8 +131,18 @@ func (cn *plan9Conn) readLoop() error {
 		case <-cn.ctx.Done():
 			return cn.endErr(nil)
 		}
+		clock := frameClock{c: cn.nc, timeout: cn.srv.frameTimeout()}
+		if err := clock.begin(cn.r); err != nil {
+			<-cn.slots
+			if err == io.EOF {
+				err = nil
+			}
+			return cn.endErr(err)
+		}
 		frame, err := plan9ReadFrame(cn.r, buf, cn.msize)
+		clock.end()
 		if err != nil {
+			err = clock.why(err)
 			<-cn.slots
 			var fe *plan9FrameError
 			if errors.As(err, &fe) {

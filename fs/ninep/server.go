@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -73,6 +74,10 @@ type Server struct {
 	// MaxOpen caps the files one connection may have open at once
 	// (DefaultMaxOpen if zero); an open past it fails with Busy.
 	MaxOpen int
+	// FrameTimeout bounds how long a message may take to arrive once its
+	// first byte has (DefaultFrameTimeout if zero): a peer that trickles
+	// a message in is dropped. Between messages a connection may idle.
+	FrameTimeout time.Duration
 	// MaxConnsPerPeer caps the connections one peer may have at once
 	// (DefaultMaxConnsPerPeer if zero). A peer is the name its link
 	// authenticated (a connection with a Peer method), else its IP
@@ -284,6 +289,53 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	default:
 		return s.serve9P2000(ctx, c, r, tv, log)
 	}
+}
+
+// DefaultFrameTimeout is how long a message may take to arrive once
+// begun, unless Server.FrameTimeout says otherwise.
+const DefaultFrameTimeout = 30 * time.Second
+
+func (s *Server) frameTimeout() time.Duration {
+	if s.FrameTimeout <= 0 {
+		return DefaultFrameTimeout
+	}
+	return s.FrameTimeout
+}
+
+// frameClock bounds the arrival of one message on a connection: start
+// when its first byte is in, stop when it is whole.
+type frameClock struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+// begin waits, without a bound, for the first byte of the next message on
+// r, then starts the clock.
+// A clock without a connection (in tests of the framing) does nothing.
+func (fc frameClock) begin(r *bufio.Reader) error {
+	fc.set(time.Time{})
+	if _, err := r.Peek(1); err != nil {
+		return err
+	}
+	fc.set(time.Now().Add(fc.timeout))
+	return nil
+}
+
+// end stops the clock: the message is in.
+func (fc frameClock) end() { fc.set(time.Time{}) }
+
+func (fc frameClock) set(t time.Time) {
+	if fc.c != nil {
+		fc.c.SetReadDeadline(t)
+	}
+}
+
+// why explains a read that failed under the clock.
+func (fc frameClock) why(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("a message took more than %s to arrive: %w", fc.timeout, err)
+	}
+	return err
 }
 
 // DefaultMaxConnsPerPeer is how many connections one peer may have at
