@@ -47,6 +47,14 @@ func (r *Runtime) Run(ctx context.Context, module []byte, hash string, stdin []b
 	if hash == "" {
 		hash = Hash(module)
 	}
+	select {
+	case r.runs <- struct{}{}:
+		defer func() { <-r.runs }()
+	case <-ctx.Done():
+		return Result{ExitCode: -1}, &fs.Error{Op: "run", Kind: fs.Busy, Err: fmt.Errorf("the runtime runs %d apps at once, its cap, and none ended in time: %w", cap(r.runs), context.Cause(ctx))}
+	case <-r.closing.Done():
+		return Result{ExitCode: -1}, &fs.Error{Op: "run", Kind: fs.Unavailable, Err: errClosed}
+	}
 	m, err := r.acquire(ctx, hash, module)
 	if err != nil {
 		return Result{ExitCode: -1}, err

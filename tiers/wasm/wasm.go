@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"runtime"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -78,7 +79,17 @@ type Config struct {
 	CacheDir   string       // wazero compilation cache directory ("" = in memory only)
 	Log        *slog.Logger // nil discards
 	MaxModules int          // compiled modules kept in memory (LRU), default 32
+	// MaxRuns caps the runs at once (DefaultMaxRuns if zero), so that a
+	// flood of invocations waits its turn instead of taking a memory cap
+	// each: at most MaxRuns times the per-run memory cap is in use. A run
+	// that cannot start before its context ends fails with Busy.
+	MaxRuns int
 }
+
+// DefaultMaxRuns is the default of Config.MaxRuns: 32 per CPU, enough
+// that apps stopped at their time limit do not hold up others, few enough
+// that memory stays bounded (with the default cap, 4 GiB per CPU at most).
+var DefaultMaxRuns = 32 * runtime.GOMAXPROCS(0)
 
 // Result is what a run produced. Stdout and Stderr hold at most
 // Limits.MaxOutput bytes each.
@@ -131,6 +142,8 @@ type Runtime struct {
 	closed bool
 	wg     sync.WaitGroup // runs and compilations in progress
 	mods   modules
+
+	runs chan struct{} // a token per run in progress, MaxRuns in all
 }
 
 // errClosed stops the runs in progress when the runtime closes.
@@ -144,6 +157,9 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	if cfg.MaxModules <= 0 {
 		cfg.MaxModules = DefaultMaxModules
+	}
+	if cfg.MaxRuns <= 0 {
+		cfg.MaxRuns = DefaultMaxRuns
 	}
 	// Closing on a done context is what stops a runaway app; its checks
 	// make compute-bound code about 2x slower (SHA-256 measured), the
@@ -180,6 +196,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		closing: closing,
 		stopAll: stopAll,
 		mods:    newModules(cfg.MaxModules),
+		runs:    make(chan struct{}, cfg.MaxRuns),
 		modConfig: wazero.NewModuleConfig().
 			WithName("").         // anonymous, so instances of one module can run at once
 			WithStartFunctions(). // Run calls _start itself, keeping the instance to inspect

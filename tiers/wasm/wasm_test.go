@@ -768,3 +768,45 @@ func BenchmarkRunUpper100B(b *testing.B) {
 		}
 	}
 }
+
+// TestMaxRuns: past MaxRuns runs at once, a run waits its turn; one whose
+// context ends first fails with Busy and says why; once a run ends, the
+// next starts.
+func TestMaxRuns(t *testing.T) {
+	ctx := context.Background()
+	rt, err := New(ctx, Config{CacheDir: cacheDir, MaxRuns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close(ctx)
+	for _, name := range []string{"spin", "upper"} {
+		if err := rt.Compile(ctx, built[name], ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spinning := make(chan error, 1)
+	go func() {
+		_, err := rt.Run(ctx, built["spin"], "", nil, Limits{Timeout: 2 * time.Second})
+		spinning <- err
+	}()
+	// Wait until spin holds the one place.
+	for deadline := time.Now().Add(10 * time.Second); len(rt.runs) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("spin never started")
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = rt.Run(wctx, built["upper"], "", []byte("x"), Limits{})
+	cancel()
+	if fs.KindOf(err) != fs.Busy || !strings.Contains(err.Error(), "runs 1 apps at once, its cap") {
+		t.Errorf("a run past the cap: %v, want Busy saying so", err)
+	}
+	// A run with time to wait starts once spin is stopped.
+	res, err := rt.Run(ctx, built["upper"], "", []byte("x"), Limits{})
+	if err != nil || string(res.Stdout) != "X" {
+		t.Errorf("the run after the wait: %q %v", res.Stdout, err)
+	}
+	if err := <-spinning; fs.KindOf(err) != fs.Timeout {
+		t.Errorf("spin: %v", err)
+	}
+}
