@@ -201,3 +201,72 @@ func storeRoundTrip(ctx context.Context, tr *remote.Tree, name string, data []by
 	}
 	return d.Remove(ctx, name)
 }
+
+// TestRotationUnderLoad rotates a client's key and both links' keys of a
+// group while 20 workers use the group, each dialing a new link for every
+// few operations: no operation fails, before, during or after.
+func TestRotationUnderLoad(t *testing.T) {
+	h := start(t, Config{})
+	ctx := context.Background()
+	g := h.Groups[0]
+	c := g.Clients[0]
+	var (
+		ops   atomic.Int64
+		errMu sync.Mutex
+		errs  []string
+		wg    sync.WaitGroup
+		stop  = make(chan struct{})
+	)
+	fail := func(format string, a ...any) {
+		errMu.Lock()
+		defer errMu.Unlock()
+		if len(errs) < 10 {
+			errs = append(errs, fmt.Sprintf(format, a...))
+		}
+	}
+	for w := range 20 {
+		wg.Go(func() {
+			for round := 0; round < 1000; round++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				tr, err := remote.Dial(ctx, "tcp", g.Edge.Addr(), remote.Options{Dial: h.Keys.Dial(c, keyring.Client(c))})
+				if err != nil {
+					fail("worker %d: dial in round %d: %v", w, round, err)
+					return
+				}
+				for i := range 3 {
+					in := fmt.Sprintf("w%d r%d i%d", w, round, i)
+					r, err := tier.Forward(ctx, tr, &call.Request{ID: call.NewID(call.KindApp, "upper"), App: "upper", Input: []byte(in), Budget: 10 * time.Second})
+					if err != nil || !r.OK || string(r.Out) != strings.ToUpper(in) {
+						fail("worker %d: call in round %d: %+v %v", w, round, r, err)
+						tr.Close()
+						return
+					}
+					ops.Add(1)
+				}
+				tr.Close()
+			}
+		})
+	}
+	time.Sleep(700 * time.Millisecond)
+	for _, p := range []keyring.Purpose{keyring.Client(c), keyring.LinkA(g.Name), keyring.LinkB(g.Name)} {
+		if _, err := h.Keys.Rotate(p); err != nil {
+			t.Fatalf("rotating %v: %v", p, err)
+		}
+		time.Sleep(700 * time.Millisecond)
+	}
+	before := ops.Load()
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d operations done; failures:\n%s", ops.Load(), strings.Join(errs, "\n"))
+	}
+	if ops.Load() == before {
+		t.Errorf("no operation after the last rotation")
+	}
+	t.Logf("%d calls over new links while three keysets rotated, no failure", ops.Load())
+}
