@@ -18,6 +18,7 @@ import (
 	"strata/tiers/call"
 	"strata/tiers/keyring"
 	"strata/tiers/tier"
+	"strata/tiers/wasm"
 )
 
 // TestLoad runs 100 concurrent clients against two groups for a bounded
@@ -28,10 +29,13 @@ import (
 // goroutines and heap come back to where they were.
 func TestLoad(t *testing.T) {
 	workers, dur := 100, 8*time.Second
-	if testing.Short() {
-		workers, dur = 30, 2*time.Second
+	if testing.Short() || raceEnabled {
+		workers, dur = 30, 3*time.Second // the shorter run, for -race
 	}
-	h := start(t, Config{Groups: 2})
+	// Generous app time limits: this test is about losing nothing under
+	// load on a machine the test itself saturates; limits have their own
+	// tests.
+	h := start(t, Config{Groups: 2, Limits: wasm.Limits{Timeout: time.Minute}, CallTimeout: time.Minute})
 	ctx := context.Background()
 
 	settle := func() (goroutines int, heap uint64) {
@@ -101,7 +105,7 @@ func TestLoad(t *testing.T) {
 					if i%3 == 2 {
 						app, want = "sha256", nil
 					}
-					r, err := tier.Forward(ctx, tr, &call.Request{ID: call.NewID(call.KindApp, app), App: app, Input: in, Budget: 10 * time.Second})
+					r, err := tier.Forward(ctx, tr, &call.Request{ID: call.NewID(call.KindApp, app), App: app, Input: in, Budget: time.Minute})
 					switch {
 					case err != nil:
 						fail("worker %d (%s): %s: %v", w, c, app, err)
@@ -206,7 +210,7 @@ func storeRoundTrip(ctx context.Context, tr *remote.Tree, name string, data []by
 // group while 20 workers use the group, each dialing a new link for every
 // few operations: no operation fails, before, during or after.
 func TestRotationUnderLoad(t *testing.T) {
-	h := start(t, Config{})
+	h := start(t, Config{Limits: wasm.Limits{Timeout: time.Minute}, CallTimeout: time.Minute})
 	ctx := context.Background()
 	g := h.Groups[0]
 	c := g.Clients[0]
@@ -239,7 +243,7 @@ func TestRotationUnderLoad(t *testing.T) {
 				}
 				for i := range 3 {
 					in := fmt.Sprintf("w%d r%d i%d", w, round, i)
-					r, err := tier.Forward(ctx, tr, &call.Request{ID: call.NewID(call.KindApp, "upper"), App: "upper", Input: []byte(in), Budget: 10 * time.Second})
+					r, err := tier.Forward(ctx, tr, &call.Request{ID: call.NewID(call.KindApp, "upper"), App: "upper", Input: []byte(in), Budget: time.Minute})
 					if err != nil || !r.OK || string(r.Out) != strings.ToUpper(in) {
 						fail("worker %d: call in round %d: %+v %v", w, round, r, err)
 						tr.Close()

@@ -1,0 +1,5 @@
+//go:build !race
+
+package up
+
+const raceEnabled = false
