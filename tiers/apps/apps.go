@@ -171,6 +171,22 @@ func BuildAll(ctx context.Context, dir string) (map[string]string, error) {
 	return paths, nil
 }
 
+// Modules builds the sample apps into dir, as BuildAll does, and returns
+// each app's module by name.
+func Modules(ctx context.Context, dir string) (map[string][]byte, error) {
+	paths, err := BuildAll(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	mods := make(map[string][]byte, len(paths))
+	for name, p := range paths {
+		if mods[name], err = os.ReadFile(p); err != nil {
+			return nil, fmt.Errorf("apps: %w", err)
+		}
+	}
+	return mods, nil
+}
+
 // buildInto makes path the module of app name, unless it already is.
 func buildInto(ctx context.Context, name, path string) error {
 	sum, err := SourceHash(name)

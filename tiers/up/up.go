@@ -203,17 +203,8 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 	modules := cfg.Modules
 	if modules == nil {
 		log.Info("building the sample apps", "dir", filepath.Join(cfg.Dir, "build"))
-		paths, err := apps.BuildAll(ctx, filepath.Join(cfg.Dir, "build"))
-		if err != nil {
+		if modules, err = apps.Modules(ctx, filepath.Join(cfg.Dir, "build")); err != nil {
 			return h, fmt.Errorf("building the sample apps: %w", err)
-		}
-		modules = map[string][]byte{}
-		for name, p := range paths {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return h, err
-			}
-			modules[name] = b
 		}
 	}
 

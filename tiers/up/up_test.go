@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	paths, err := apps.BuildAll(ctx, dir)
+	modules, err = apps.Modules(ctx, dir)
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "building the sample apps:", err)
@@ -49,13 +49,6 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	wasmCache = filepath.Join(dir, "wasm-cache")
-	modules = map[string][]byte{}
-	for name, p := range paths {
-		if modules[name], err = os.ReadFile(p); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-	}
 	// Compile every module once into the shared cache, so that no test
 	// pays for a cold compile inside an invocation's budget.
 	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Minute)

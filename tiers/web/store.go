@@ -64,6 +64,25 @@ func parentDir(ctx context.Context, st fs.Dir, p string) (fs.Dir, string, error)
 	return d, name, nil
 }
 
+// target is the client's /store and the store path r names.
+func (c *client) target(r *http.Request) (st fs.Dir, p string, err error) {
+	if p, err = storePath(r); err != nil {
+		return nil, "", err
+	}
+	st, err = c.store(r.Context())
+	return st, p, err
+}
+
+// targetEntry is the store path r names, the directory that holds it and
+// its last element, for the calls that change a directory.
+func (c *client) targetEntry(r *http.Request) (st, d fs.Dir, name, p string, err error) {
+	if st, p, err = c.target(r); err != nil {
+		return nil, nil, "", p, err
+	}
+	d, name, err = parentDir(r.Context(), st, p)
+	return st, d, name, p, err
+}
+
 type entry struct {
 	Name  string    `json:"name"`
 	Dir   bool      `json:"dir"`
@@ -73,12 +92,7 @@ type entry struct {
 
 func (s *Server) storeGet(w http.ResponseWriter, r *http.Request, c *client) {
 	ctx := r.Context()
-	p, err := storePath(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	st, err := c.store(ctx)
+	st, p, err := c.target(r)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -188,7 +202,7 @@ func (r *responseOver) Write(p []byte) (int, error) { return r.out.Write(p) }
 // or stalled leaves the old content.
 func (s *Server) storePut(w http.ResponseWriter, r *http.Request, c *client) {
 	ctx := r.Context()
-	p, err := storePath(r)
+	st, p, err := c.target(r)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -196,11 +210,6 @@ func (s *Server) storePut(w http.ResponseWriter, r *http.Request, c *client) {
 	max := s.cfg.MaxUpload
 	if r.ContentLength > max {
 		writeError(w, http.StatusRequestEntityTooLarge, "too-large", fmt.Sprintf("upload %s: %d bytes is more than the cap of %d bytes", p, r.ContentLength, max))
-		return
-	}
-	st, err := c.store(ctx)
-	if err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	d, name, err := parentDir(ctx, st, p)
@@ -286,17 +295,7 @@ func (s *Server) copyBody(ctx context.Context, w http.ResponseWriter, r *http.Re
 
 func (s *Server) storePost(w http.ResponseWriter, r *http.Request, c *client) {
 	ctx := r.Context()
-	p, err := storePath(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	st, err := c.store(ctx)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	d, name, err := parentDir(ctx, st, p)
+	st, d, name, p, err := c.targetEntry(r)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -334,17 +333,7 @@ func (s *Server) storePost(w http.ResponseWriter, r *http.Request, c *client) {
 
 func (s *Server) storeDelete(w http.ResponseWriter, r *http.Request, c *client) {
 	ctx := r.Context()
-	p, err := storePath(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	st, err := c.store(ctx)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	d, name, err := parentDir(ctx, st, p)
+	_, d, name, _, err := c.targetEntry(r)
 	if err != nil {
 		s.fail(w, r, err)
 		return

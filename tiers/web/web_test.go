@@ -42,25 +42,21 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		paths, err := apps.BuildAll(ctx, dir)
-		if err != nil {
+		var err error
+		if modules, err = apps.Modules(ctx, dir); err != nil {
 			fmt.Fprintln(os.Stderr, "building the sample apps:", err)
 			return 1
 		}
 		wasmCache = filepath.Join(dir, "wasm-cache")
-		modules = map[string][]byte{}
 		rt, err := wasm.New(ctx, wasm.Config{CacheDir: wasmCache})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		defer rt.Close(ctx)
-		for name, p := range paths {
-			if modules[name], err = os.ReadFile(p); err == nil {
-				err = rt.Compile(ctx, modules[name], wasm.Hash(modules[name]))
-			}
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
+		for _, mod := range modules {
+			if err := rt.Compile(ctx, mod, wasm.Hash(mod)); err != nil {
+				fmt.Fprintln(os.Stderr, "compiling the sample apps:", err)
 				return 1
 			}
 		}
