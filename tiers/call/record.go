@@ -14,18 +14,14 @@ import (
 // It keeps at most Max replies for at most TTL (oldest go first); it is in
 // memory only, so a restarted tier runs a retried request again.
 type Recorder struct {
-	max int
-	ttl time.Duration
-
-	mu    sync.Mutex
-	m     map[string]*record
-	order []string // IDs in the order they were recorded, oldest first
+	mu  sync.Mutex
+	m   map[string]*record
+	win Window // the recorded IDs, oldest first
 }
 
 type record struct {
 	done  chan struct{}
 	reply *Reply
-	at    time.Time
 }
 
 // Defaults of a Recorder.
@@ -43,7 +39,7 @@ func NewRecorder(max int, ttl time.Duration) *Recorder {
 	if ttl <= 0 {
 		ttl = DefaultRecordTTL
 	}
-	return &Recorder{max: max, ttl: ttl, m: map[string]*record{}}
+	return &Recorder{m: map[string]*record{}, win: Window{Max: max, TTL: ttl}}
 }
 
 // Do returns the recorded reply of id, or waits for the run of id in
@@ -77,11 +73,9 @@ func (r *Recorder) run(ctx context.Context, id string, rec *record, fn func(cont
 	defer func() {
 		r.mu.Lock()
 		if reply != nil && !reply.Transient {
-			rec.reply, rec.at = reply, time.Now()
-			r.order = append(r.order, id)
-			for len(r.order) > r.max {
-				r.drop(r.order[0])
-				r.order = r.order[1:]
+			rec.reply = reply
+			for _, old := range r.win.Add(id, time.Now()) {
+				r.drop(old)
 			}
 		} else {
 			delete(r.m, id)
@@ -94,16 +88,9 @@ func (r *Recorder) run(ctx context.Context, id string, rec *record, fn func(cont
 
 // expire drops records older than the TTL. r.mu is held.
 func (r *Recorder) expire(now time.Time) {
-	n := 0
-	for _, id := range r.order {
-		rec := r.m[id]
-		if rec == nil || now.Sub(rec.at) <= r.ttl {
-			break
-		}
+	for _, id := range r.win.Expire(now) {
 		r.drop(id)
-		n++
 	}
-	r.order = r.order[n:]
 }
 
 func (r *Recorder) drop(id string) {
@@ -116,5 +103,5 @@ func (r *Recorder) drop(id string) {
 func (r *Recorder) Len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.order)
+	return r.win.Len()
 }

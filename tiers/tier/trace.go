@@ -72,12 +72,9 @@ const (
 
 // traceRing keeps the recent traces of a tier, oldest first.
 type traceRing struct {
-	max int
-	ttl time.Duration
-
-	mu    sync.Mutex
-	m     map[string]*traceRec
-	order []string // IDs by first arrival, oldest first
+	mu  sync.Mutex
+	m   map[string]*traceRec
+	win call.Window // IDs by first arrival, oldest first
 }
 
 // traceRec is what a tier knows of one request ID.
@@ -108,22 +105,13 @@ func newTraceRing(max int, ttl time.Duration) *traceRing {
 	if ttl <= 0 {
 		ttl = DefaultTraceTTL
 	}
-	return &traceRing{max: max, ttl: ttl, m: map[string]*traceRec{}}
+	return &traceRing{m: map[string]*traceRec{}, win: call.Window{Max: max, TTL: ttl}}
 }
 
 // expire drops the records past the TTL. r.mu is held.
 func (r *traceRing) expire(now time.Time) {
-	n := 0
-	for _, id := range r.order {
-		if now.Sub(r.m[id].first) <= r.ttl {
-			break
-		}
+	for _, id := range r.win.Expire(now) {
 		delete(r.m, id)
-		n++
-	}
-	r.order = r.order[n:]
-	if n > 0 && cap(r.order) > 2*r.max {
-		r.order = append([]string(nil), r.order...)
 	}
 }
 
@@ -137,10 +125,8 @@ func (r *traceRing) arrive(id string, at time.Time) *arrival {
 	if rec == nil {
 		rec = &traceRec{first: at}
 		r.m[id] = rec
-		r.order = append(r.order, id)
-		for len(r.order) > r.max {
-			delete(r.m, r.order[0])
-			r.order = r.order[1:]
+		for _, old := range r.win.Add(id, at) {
+			delete(r.m, old)
 		}
 	}
 	if len(rec.arrivals) < maxTraceArrivals {
@@ -183,14 +169,14 @@ func (r *traceRing) Len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.expire(time.Now())
-	return len(r.order)
+	return r.win.Len()
 }
 
 // list returns the newest n records' IDs and first arrivals, sorted by ID.
 func (r *traceRing) list(n int) []fs.Info {
 	r.mu.Lock()
 	r.expire(time.Now())
-	ids := r.order[max(0, len(r.order)-n):]
+	ids := r.win.Newest(n)
 	infos := make([]fs.Info, 0, len(ids))
 	for _, id := range ids {
 		infos = append(infos, fs.Info{Name: id, Mode: 0o444, ModTime: r.m[id].first, Stream: true})
@@ -280,7 +266,7 @@ func (t *Tier) traceText(ctx context.Context, id string, q query) ([]byte, error
 
 func (t *Tier) noTrace(op, id string) error {
 	return &fs.Error{Op: op, Path: "trace/" + id, Kind: fs.NotExist,
-		Err: fmt.Errorf("%s has no record of request %s: it did not pass here, or it is older than %v or than the last %d requests", t.cfg.Name, id, t.traces.ttl, t.traces.max)}
+		Err: fmt.Errorf("%s has no record of request %s: it did not pass here, or it is older than %v or than the last %d requests", t.cfg.Name, id, t.traces.win.TTL, t.traces.win.Max)}
 }
 
 // traceDir is /trace.
