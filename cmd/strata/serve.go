@@ -30,6 +30,7 @@ func serveStore(ctx context.Context, args []string) error {
 	fl := flag.NewFlagSet("serve store", flag.ContinueOnError)
 	listen := fl.String("listen", "127.0.0.1:5640", "TCP `address` of the 9P port (9P2000.L and 9P2000)")
 	data := fl.String("data", "", "`directory` that holds the store (created if missing)")
+	public := fl.Bool("public", false, "allow a non-loopback address and peers (the port has no encryption or authentication)")
 	level := fl.String("log-level", "info", "log `level`: debug, info, warn, error")
 	grace := fl.Duration("shutdown-timeout", 5*time.Second, "how long to wait for connections at shutdown")
 	if err := fl.Parse(args); err != nil {
@@ -43,7 +44,7 @@ func serveStore(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := edge.StartStore(ctx, edge.StoreConfig{Listen: *listen, Data: *data}, log)
+	s, err := edge.StartStore(ctx, edge.StoreConfig{Listen: *listen, Data: *data, Public: *public}, log)
 	if err != nil {
 		return err
 	}

@@ -13,12 +13,16 @@ import (
 
 	"strata/fs/ninep"
 	"strata/fs/store"
+	"strata/tiers/tier"
 )
 
 // StoreConfig says where the store lives and where it is served.
 type StoreConfig struct {
 	Listen string // TCP address of the 9P port, both dialects
 	Data   string // directory that holds the store
+	// Public allows the port on a non-loopback address, and peers that
+	// are not on loopback: the port has no encryption or authentication.
+	Public bool
 	// ShutdownTimeout bounds the wait for open connections at shutdown.
 	ShutdownTimeout time.Duration
 }
@@ -38,6 +42,11 @@ func StartStore(ctx context.Context, cfg StoreConfig, log *slog.Logger) (*StoreS
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if !cfg.Public {
+		if err := tier.CheckLoopback(cfg.Listen); err != nil {
+			return nil, fmt.Errorf("edge: %w", err)
+		}
+	}
 	st, err := store.Open(cfg.Data, log.With("unit", "store"))
 	if err != nil {
 		return nil, fmt.Errorf("edge: opening the store in %s: %w", cfg.Data, err)
@@ -47,6 +56,9 @@ func StartStore(ctx context.Context, cfg StoreConfig, log *slog.Logger) (*StoreS
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("edge: listening on %s: %w", cfg.Listen, err)
+	}
+	if !cfg.Public {
+		ln = tier.LoopbackOnly(ln, log)
 	}
 	s := &StoreServer{
 		st:   st,

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"strata/fs/ninep"
@@ -58,6 +59,49 @@ func CheckLoopback(addr string) error {
 	return nil
 }
 
+// LoopbackOnly returns a listener that accepts only connections from
+// loopback peers: the others are closed at once, with a warning in log.
+// A port bound to 127.0.0.1 is still reachable from the machine's other
+// addresses (a local process may bind its end to any of them, and a
+// forwarding rule may point outside traffic at it), so the bind address
+// alone does not keep a plain port private.
+func LoopbackOnly(ln net.Listener, log *slog.Logger) net.Listener {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &loopbackListener{Listener: ln, log: log}
+}
+
+type loopbackListener struct {
+	net.Listener
+	log     *slog.Logger
+	refused atomic.Int64
+}
+
+func (l *loopbackListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if isLoopbackPeer(c.RemoteAddr()) {
+			return c, nil
+		}
+		c.Close()
+		// The first refusal and then one in a thousand: a flood of
+		// strangers does not flood the log.
+		if n := l.refused.Add(1); n == 1 || n%1000 == 0 {
+			l.log.Warn("plain port: refused a peer that is not on loopback (the plain port has no encryption or authentication)",
+				"peer", c.RemoteAddr().String(), "port", l.Addr().String(), "refused", n)
+		}
+	}
+}
+
+func isLoopbackPeer(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
 // Serve starts serving t on ports. It returns once the ports listen.
 func Serve(ctx context.Context, t *Tier, p Ports, log *slog.Logger) (*Server, error) {
 	if log == nil {
@@ -95,8 +139,11 @@ func Serve(ctx context.Context, t *Tier, p Ports, log *slog.Logger) (*Server, er
 		if err != nil {
 			return fail(fmt.Errorf("%s: listening on %s: %w", t.cfg.Name, p.Local, err))
 		}
-		lns = append(lns, ln)
 		s.local = ln.Addr()
+		if !p.PublicLocal {
+			ln = LoopbackOnly(ln, log)
+		}
+		lns = append(lns, ln)
 	}
 	for _, ln := range lns {
 		go func() { s.errc <- s.srv.Serve(context.WithoutCancel(ctx), ln) }()
