@@ -66,7 +66,9 @@ func TestServeStoreFlags(t *testing.T) {
 		{[]string{"call", "-dir", t.TempDir(), "upper"}, "is `strata up -dir"},
 		{[]string{"deploy", "x"}, "name an app and a module file"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
-		{[]string{"serve", "store", "-data", t.TempDir(), "-listen", "256.0.0.1:1"}, "listening on 256.0.0.1:1"},
+		{[]string{"serve", "store", "-data", t.TempDir(), "-listen", "256.0.0.1:1"}, `"256.0.0.1" is neither an IP address nor localhost`},
+		{[]string{"serve", "store", "-data", t.TempDir(), "-listen", "0.0.0.0:0"}, "not on a loopback address"},
+		{[]string{"serve", "store", "-data", t.TempDir(), "-public", "-listen", "256.0.0.1:1"}, "listening on 256.0.0.1:1"},
 		{[]string{"serve", "store", "-data", t.TempDir(), "-log-level", "loud"}, `-log-level "loud"`},
 	} {
 		out, err := exec.Command(bin, tc.args...).CombinedOutput()

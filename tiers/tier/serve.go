@@ -53,7 +53,10 @@ func CheckLoopback(addr string) error {
 		return nil
 	}
 	ip := net.ParseIP(host)
-	if ip == nil || !ip.IsLoopback() {
+	if ip == nil {
+		return fmt.Errorf("the plain 9P port %s: %q is neither an IP address nor localhost", addr, host)
+	}
+	if !ip.IsLoopback() {
 		return fmt.Errorf("the plain 9P port %s is not on a loopback address: it has no encryption or authentication (pass the flag that allows it explicitly)", addr)
 	}
 	return nil
