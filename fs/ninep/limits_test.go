@@ -1,7 +1,9 @@
 package ninep
 
 import (
+	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -209,4 +211,108 @@ func TestSlowTrickle(t *testing.T) {
 			}
 		})
 	}
+}
+
+// heapInUse is the live heap after a full collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// TestCapsFreedOnDisconnect: connections that fill every per-connection
+// cap (open files, fids, in both dialects) and then hang up leave nothing
+// behind: the server's goroutines and live heap go back to what they were
+// before the connections came.
+func TestCapsFreedOnDisconnect(t *testing.T) {
+	root := plan9TestTree(t, map[string]string{"a": strings.Repeat("x", 100)})
+	// No log kept: a test's log buffer would grow with the connections.
+	addr, _ := startL(t, root, func(s *Server) { s.Log = slog.New(slog.DiscardHandler) })
+	// Warm up: one connection that comes and goes, so that what is made
+	// once per process (pools, the tree's nodes) is in the baseline.
+	{
+		c, r := dialL(t, addr, 64<<10)
+		walkTo(t, r, "a").Close()
+		c.Close()
+	}
+	time.Sleep(100 * time.Millisecond)
+	g0, h0 := runtime.NumGoroutine(), heapInUse()
+
+	var clients []*p9.Client
+	var held []p9.File // the client clunks a file it no longer references
+	for range 3 {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := p9.NewClient(conn, p9.WithMessageSize(64<<10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+		r, err := c.Attach("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, r)
+		for i := 0; ; i++ {
+			f := walkTo(t, r, "a")
+			held = append(held, f)
+			if _, _, err := f.Open(p9.ReadOnly); err != nil {
+				wantErrno(t, "an open past the cap", err, linux.EBUSY)
+				if i != DefaultMaxOpen {
+					t.Fatalf("%d opens admitted, the cap is %d", i, DefaultMaxOpen)
+				}
+				break
+			}
+		}
+		for {
+			_, f, err := r.Walk(nil)
+			if err != nil {
+				wantErrno(t, "a fid past the cap", err, linux.EBUSY)
+				break
+			}
+			held = append(held, f)
+		}
+	}
+	p := plan9DialAttach(t, addr)
+	for fid := uint32(1); ; fid++ {
+		rx := p.rpc(&plan9.Fcall{Type: plan9.Twalk, Tag: 1, Fid: 0, Newfid: fid})
+		if rx.Type == plan9.Rerror {
+			if !strings.Contains(rx.Ename, "too many fids") || fid != MaxFids9P {
+				t.Fatalf("fid %d: %v", fid, rx.Ename)
+			}
+			break
+		}
+	}
+	g1, h1 := runtime.NumGoroutine(), heapInUse()
+	if len(held) < 3*MaxFidsL-30 {
+		t.Fatalf("%d fids held on 3 connections, the cap is %d each", len(held), MaxFidsL)
+	}
+	held = nil
+
+	for _, c := range clients {
+		c.Close()
+	}
+	clients = nil // what the clients hold is not the server's to free
+	p.c.Close()
+	p.r = nil
+	var g2 int
+	var h2 uint64
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		g2, h2 = runtime.NumGoroutine(), heapInUse()
+		if g2 <= g0 && h2 <= h0+(h1-h0)/10+(256<<10) {
+			break
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("after the disconnect: %d goroutines (before %d, with the connections %d), heap %d KiB (before %d KiB, with the connections %d KiB)\n%s",
+				g2, g0, g1, h2>>10, h0>>10, h1>>10, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("goroutines %d -> %d -> %d; heap in use %d KiB -> %d KiB -> %d KiB", g0, g1, g2, h0>>10, h1>>10, h2>>10)
 }
