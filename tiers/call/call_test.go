@@ -3,6 +3,7 @@ package call
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -80,7 +81,7 @@ func TestReplyRoundTrip(t *testing.T) {
 }
 
 func TestRecorderReplays(t *testing.T) {
-	r := NewRecorder(2, time.Hour)
+	r := NewRecorder(2, 0, time.Hour)
 	var runs atomic.Int32
 	fn := func(context.Context) *Reply {
 		runs.Add(1)
@@ -115,7 +116,7 @@ func TestRecorderReplays(t *testing.T) {
 }
 
 func TestRecorderDropsTransient(t *testing.T) {
-	r := NewRecorder(0, 0)
+	r := NewRecorder(0, 0, 0)
 	n := 0
 	fn := func(context.Context) *Reply {
 		n++
@@ -136,11 +137,45 @@ func TestRecorderDropsTransient(t *testing.T) {
 }
 
 func TestRecorderExpires(t *testing.T) {
-	r := NewRecorder(0, 10*time.Millisecond)
+	r := NewRecorder(0, 0, 10*time.Millisecond)
 	fn := func(context.Context) *Reply { return &Reply{OK: true} }
 	r.Do(context.Background(), "a", fn)
 	time.Sleep(30 * time.Millisecond)
 	if _, replayed := r.Do(context.Background(), "a", fn); replayed {
 		t.Fatal("an expired record replayed")
+	}
+}
+
+// The recorder holds at most its byte budget of answers: large replies
+// push the oldest out, the newest stays even when it alone is larger, and
+// the count goes down as replies are forgotten.
+func TestRecorderByteBudget(t *testing.T) {
+	const budget = 1 << 20
+	r := NewRecorder(0, budget, time.Hour)
+	big := func(n int) func(context.Context) *Reply {
+		return func(context.Context) *Reply { return &Reply{OK: true, Out: make([]byte, n)} }
+	}
+	for i := range 100 {
+		r.Do(context.Background(), fmt.Sprint("a", i), big(100<<10))
+		if b := r.Bytes(); b > budget {
+			t.Fatalf("after %d replies of 100 KiB the recorder holds %d bytes, budget %d", i+1, b, budget)
+		}
+	}
+	if n := r.Len(); n < 9 || n > 10 {
+		t.Fatalf("%d replies of 100 KiB kept in a 1 MiB budget", n)
+	}
+	if _, replayed := r.Do(context.Background(), "a99", big(1)); !replayed {
+		t.Error("the newest reply was not kept")
+	}
+	if _, replayed := r.Do(context.Background(), "a0", big(1)); replayed {
+		t.Error("the oldest reply was kept past the budget")
+	}
+	r.Do(context.Background(), "huge", big(3<<20))
+	if _, replayed := r.Do(context.Background(), "huge", big(1)); !replayed || r.Len() != 1 {
+		t.Errorf("a reply larger than the budget: replayed=%v, %d kept", replayed, r.Len())
+	}
+	r.Do(context.Background(), "small", big(10))
+	if r.Len() != 1 || r.Bytes() > 1024 {
+		t.Errorf("after a small reply: %d kept, %d bytes", r.Len(), r.Bytes())
 	}
 }

@@ -11,35 +11,52 @@ import (
 // Recorder remembers the replies of recent requests by ID, so that a
 // retried request gets the recorded reply instead of running again, and a
 // request that arrives while its twin is running waits for that run.
-// It keeps at most Max replies for at most TTL (oldest go first); it is in
-// memory only, so a restarted tier runs a retried request again.
+// It keeps at most max replies, holding at most maxBytes of answers in
+// all, for at most ttl (oldest go first), so that a flood of invocations
+// with large answers cannot take the memory; it is in memory only, so a
+// restarted tier runs a retried request again, as does a retry that
+// comes after so many others that its reply has been forgotten.
 type Recorder struct {
-	mu  sync.Mutex
-	m   map[string]*record
-	win Window // the recorded IDs, oldest first
+	mu       sync.Mutex
+	m        map[string]*record
+	win      Window // the recorded IDs, oldest first
+	maxBytes int64
+	bytes    int64 // the sizes of the recorded replies
 }
 
 type record struct {
 	done  chan struct{}
 	reply *Reply
+	size  int64
 }
 
 // Defaults of a Recorder.
 const (
-	DefaultRecords   = 10000
-	DefaultRecordTTL = 10 * time.Minute
+	DefaultRecords     = 10000
+	DefaultRecordBytes = 64 << 20
+	DefaultRecordTTL   = 10 * time.Minute
 )
 
-// NewRecorder returns a recorder keeping max replies for ttl (defaults if
-// zero).
-func NewRecorder(max int, ttl time.Duration) *Recorder {
+// NewRecorder returns a recorder keeping max replies, of maxBytes in all,
+// for ttl (defaults if zero). The newest reply is kept even if it alone is
+// larger than maxBytes.
+func NewRecorder(max int, maxBytes int64, ttl time.Duration) *Recorder {
 	if max <= 0 {
 		max = DefaultRecords
+	}
+	if maxBytes <= 0 {
+		maxBytes = DefaultRecordBytes
 	}
 	if ttl <= 0 {
 		ttl = DefaultRecordTTL
 	}
-	return &Recorder{m: map[string]*record{}, win: Window{Max: max, TTL: ttl}}
+	return &Recorder{m: map[string]*record{}, win: Window{Max: max, TTL: ttl}, maxBytes: maxBytes}
+}
+
+// replySize is what a recorded reply costs, roughly: its answers and a
+// little for the rest.
+func replySize(r *Reply) int64 {
+	return int64(len(r.Out)+len(r.Err)+len(r.Reason)+len(r.Where)+len(r.ID)) + 256
 }
 
 // Do returns the recorded reply of id, or waits for the run of id in
@@ -74,8 +91,13 @@ func (r *Recorder) run(ctx context.Context, id string, rec *record, fn func(cont
 		r.mu.Lock()
 		if reply != nil && !reply.Transient {
 			rec.reply = reply
+			rec.size = replySize(reply)
+			r.bytes += rec.size
 			for _, old := range r.win.Add(id, time.Now()) {
 				r.drop(old)
+			}
+			for r.bytes > r.maxBytes && r.win.Len() > 1 {
+				r.drop(r.win.Shift())
 			}
 		} else {
 			delete(r.m, id)
@@ -96,6 +118,7 @@ func (r *Recorder) expire(now time.Time) {
 func (r *Recorder) drop(id string) {
 	if rec := r.m[id]; rec != nil && rec.reply != nil {
 		delete(r.m, id)
+		r.bytes -= rec.size
 	}
 }
 
@@ -104,4 +127,12 @@ func (r *Recorder) Len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.win.Len()
+}
+
+// Bytes is the size of the recorded replies, as counted against the
+// recorder's cap.
+func (r *Recorder) Bytes() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bytes
 }

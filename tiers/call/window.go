@@ -39,6 +39,16 @@ func (w *Window) Expire(now time.Time) (out []string) {
 	return out
 }
 
+// Shift removes and returns the oldest ID ("" if none).
+func (w *Window) Shift() string {
+	if len(w.ids) == 0 {
+		return ""
+	}
+	id := w.ids[0].id
+	w.ids = w.ids[1:]
+	return id
+}
+
 // Len is the number of IDs held.
 func (w *Window) Len() int { return len(w.ids) }
 

@@ -145,8 +145,8 @@ func (t *Tier) status() []byte {
 	if t.cfg.Runtime != nil {
 		fmt.Fprintf(&b, "app-time-limit %s\napp-memory-mib %d\n", orDur(t.cfg.Limits.Timeout, wasm.DefaultTimeout), orMiB(t.cfg.Limits.MemoryMiB))
 	}
-	fmt.Fprintf(&b, "invocations %d\nran-here %d\nforwarded %d\nreplayed %d\nfailed %d\nrecorded %d\n",
-		t.stats.invocations.Load(), t.stats.ranHere.Load(), t.stats.forwarded.Load(), t.stats.replayed.Load(), t.stats.failed.Load(), t.rec.Len())
+	fmt.Fprintf(&b, "invocations %d\nran-here %d\nforwarded %d\nreplayed %d\nfailed %d\nrecorded %d\nrecorded-kib %d\n",
+		t.stats.invocations.Load(), t.stats.ranHere.Load(), t.stats.forwarded.Load(), t.stats.replayed.Load(), t.stats.failed.Load(), t.rec.Len(), t.rec.Bytes()>>10)
 	fmt.Fprintf(&b, "traced %d: see /trace, kept %v, at most %d\n", t.traces.Len(), t.traces.win.TTL, t.traces.win.Max)
 	if t.cfg.Role == AppEdge {
 		fmt.Fprintf(&b, "pull-after %d\nrefresh %s\npulls %d\n", t.cfg.PullAfter, t.cfg.Refresh, t.stats.pulls.Load())

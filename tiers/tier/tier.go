@@ -190,7 +190,7 @@ func New(cfg Config) (*Tier, error) {
 	t := &Tier{
 		cfg:     cfg,
 		log:     log,
-		rec:     call.NewRecorder(0, 0),
+		rec:     call.NewRecorder(0, 0, 0),
 		traces:  newTraceRing(0, 0),
 		start:   time.Now(),
 		perApp:  map[string]*appStats{},
