@@ -62,3 +62,21 @@ func (h *countedHandle) Close(ctx context.Context) error {
 	h.once.Do(h.o.release)
 	return err
 }
+
+// Abort closes the handle without acknowledging what was written through
+// it, when its tree can (fs.Aborter), else closes it.
+func (h *countedHandle) Abort(ctx context.Context) error {
+	err := abandon(ctx, h.Handle)
+	h.once.Do(h.o.release)
+	return err
+}
+
+// abandon closes h for a client that went away without closing it: the
+// client never heard that its writes were acknowledged, so a pending
+// atomic rewrite is discarded rather than committed half written.
+func abandon(ctx context.Context, h fs.Handle) error {
+	if a, ok := h.(fs.Aborter); ok {
+		return a.Abort(ctx)
+	}
+	return h.Close(ctx)
+}

@@ -389,6 +389,14 @@ func (f *lfile) Close() error {
 	if h == nil {
 		return nil
 	}
+	if f.lc.ctx.Err() != nil {
+		// The connection has ended: p9 closes what its client left
+		// open. Nothing written through it was acknowledged.
+		if err := abandon(f.lc.cctx, h); err != nil {
+			return f.lc.fail("close at the connection's end", path, err)
+		}
+		return nil
+	}
 	if err := h.Close(f.lc.cctx); err != nil {
 		return f.lc.fail("close", path, err)
 	}

@@ -436,7 +436,7 @@ func (cn *plan9Conn) clunkAll(why string) {
 			continue
 		}
 		f.mu.Lock()
-		err := f.release(ctx)
+		err := f.release(ctx, true)
 		f.mu.Unlock()
 		if err != nil {
 			cn.log.Warn("9P2000 fid released with an error", "why", why, "fid", f.num, "path", f.pathString(), "err", err)

@@ -71,12 +71,20 @@ func plan9Join(prefix string, names ...string) string {
 
 // release ends the fid: the handle is closed (its error is the client's
 // only news that written data was not acknowledged) and an ORCLOSE file is
-// removed. f.mu must be held exclusively.
-func (f *plan9Fid) release(ctx context.Context) error {
+// removed. A fid abandoned by its client (the connection ended, or a new
+// Tversion reset it) has its handle aborted instead: nothing written
+// through it was acknowledged. f.mu must be held exclusively.
+func (f *plan9Fid) release(ctx context.Context, abandoned bool) error {
 	f.clunked = true
 	var err error
 	if f.h != nil {
-		if cerr := f.h.Close(ctx); cerr != nil {
+		var cerr error
+		if abandoned {
+			cerr = abandon(ctx, f.h)
+		} else {
+			cerr = f.h.Close(ctx)
+		}
+		if cerr != nil {
 			err = fs.WithPath(cerr, "close", f.pathString())
 		}
 		f.h = nil

@@ -459,7 +459,7 @@ func (cn *plan9Conn) write(req *plan9Req, m *proto.TWrite) error {
 
 func (cn *plan9Conn) clunk(req *plan9Req, f *plan9Fid) error {
 	f.mu.Lock()
-	err := f.release(context.WithoutCancel(req.ctx))
+	err := f.release(context.WithoutCancel(req.ctx), false)
 	f.mu.Unlock()
 	if err != nil {
 		return err
@@ -475,7 +475,7 @@ func (cn *plan9Conn) remove(req *plan9Req, f *plan9Fid) error {
 	f.rclose = false
 	p := f.pathString()
 	// Close first: a tree need not support removing an open file.
-	cerr := f.release(context.WithoutCancel(req.ctx))
+	cerr := f.release(context.WithoutCancel(req.ctx), false)
 	if len(f.path) == 0 {
 		return &fs.Error{Op: "remove", Path: p, Kind: fs.Permission, Err: errors.New("the root cannot be removed")}
 	}
