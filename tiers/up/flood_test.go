@@ -27,7 +27,7 @@ var recordedKiB = regexp.MustCompile(`(?m)^recorded-kib (\d+)$`)
 func TestCtlFlood(t *testing.T) {
 	calls, workers, size := 600, 60, 192<<10 // 112 MiB of answers
 	if testing.Short() || raceEnabled {
-		calls, workers, size = 400, 40, 256<<10 // 100 MiB
+		calls, workers, size = 280, 40, 256<<10 // 70 MiB
 	}
 	h := start(t, Config{Limits: wasm.Limits{Timeout: time.Minute}, CallTimeout: time.Minute})
 	g := h.Groups[0]
