@@ -124,10 +124,10 @@ func (rr *recordReader) fill(n int) error {
 			}
 			return err
 		}
-		if m == 0 {
-			if empty++; empty > 100 {
-				return io.ErrNoProgress
-			}
+		if m > 0 {
+			empty = 0
+		} else if empty++; empty > 100 {
+			return io.ErrNoProgress // a reader that neither gives nor fails
 		}
 	}
 	return nil
