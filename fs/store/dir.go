@@ -72,7 +72,7 @@ func (d *dir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	fi, err := s.root.Lstat(p)
+	fi, err := s.disk.Lstat(p)
 	if err != nil {
 		return nil, fail(op, p, err)
 	}
@@ -89,17 +89,12 @@ func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 		return nil, err
 	}
 	p := d.at.path
-	sub, err := s.root.OpenRoot(osPath(p))
+	sub, err := s.disk.OpenRoot(osPath(p))
 	if err != nil {
 		return nil, fail(op, p, err)
 	}
 	defer sub.Close()
-	f, err := sub.Open(".")
-	if err != nil {
-		return nil, fail(op, p, err)
-	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
+	names, err := readNames(sub)
 	if err != nil {
 		return nil, fail(op, p, err)
 	}
@@ -121,6 +116,24 @@ func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 	}
 	slices.SortFunc(list, func(a, b fs.Info) int { return strings.Compare(a.Name, b.Name) })
 	return list, nil
+}
+
+// readNames lists the names in the top directory of d.
+func readNames(d disk) ([]string, error) {
+	f, err := d.OpenFile(".", os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	list, err := f.ReadDir(-1)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(list))
+	for i, e := range list {
+		names[i] = e.Name()
+	}
+	return names, nil
 }
 
 // Create makes the file name and opens it with flag. A new file is empty
@@ -147,7 +160,7 @@ func (d *dir) Create(ctx context.Context, name string, flag fs.Flag, perm iofs.F
 
 // create does the work of Create and returns the directory to fsync, if
 // the file is new. s.ns is held for reading.
-func (d *dir) create(ctx context.Context, op, name string, flag fs.Flag, perm iofs.FileMode) (*file, *handle, *os.File, error) {
+func (d *dir) create(ctx context.Context, op, name string, flag fs.Flag, perm iofs.FileMode) (*file, *handle, diskFile, error) {
 	s := d.s
 	p, err := d.child(ctx, op, name)
 	if err != nil {
@@ -155,7 +168,7 @@ func (d *dir) create(ctx context.Context, op, name string, flag fs.Flag, perm io
 	}
 	excl := flag.Has(fs.Excl)
 	flag &^= fs.CreateNew | fs.Excl
-	t, err := s.root.OpenFile(p, os.O_RDONLY|os.O_CREATE|os.O_EXCL, perm.Perm())
+	t, err := s.disk.OpenFile(p, os.O_RDONLY|os.O_CREATE|os.O_EXCL, perm.Perm())
 	if errors.Is(err, iofs.ErrExist) && !excl {
 		f, h, err := d.openExisting(op, p, flag)
 		return f, h, nil, err
@@ -168,7 +181,7 @@ func (d *dir) create(ctx context.Context, op, name string, flag fs.Flag, perm io
 	if err == nil {
 		err = t.Sync()
 	}
-	var df *os.File
+	var df diskFile
 	if err == nil {
 		df, err = s.openDir(d.at.path)
 	}
@@ -190,7 +203,7 @@ func (d *dir) create(ctx context.Context, op, name string, flag fs.Flag, perm io
 		if df != nil {
 			df.Close()
 		}
-		s.root.Remove(p)
+		s.disk.Remove(p)
 		return nil, nil, nil, fail(op, p, err)
 	}
 	return f, h, df, nil
@@ -199,7 +212,7 @@ func (d *dir) create(ctx context.Context, op, name string, flag fs.Flag, perm io
 // openExisting opens the existing file at p for Create without fs.Excl.
 // s.ns is held for reading.
 func (d *dir) openExisting(op, p string, flag fs.Flag) (*file, *handle, error) {
-	fi, err := d.s.root.Lstat(p)
+	fi, err := d.s.disk.Lstat(p)
 	if err != nil {
 		return nil, nil, fail(op, p, err)
 	}
@@ -220,9 +233,9 @@ func (d *dir) Mkdir(ctx context.Context, name string, perm iofs.FileMode) (fs.Di
 	s := d.s
 	s.ns.RLock()
 	p, err := d.child(ctx, op, name)
-	var df *os.File
+	var df diskFile
 	if err == nil {
-		err = s.root.Mkdir(p, perm.Perm())
+		err = s.disk.Mkdir(p, perm.Perm())
 		if err == nil {
 			df, err = s.openDir(d.at.path)
 		}
@@ -251,11 +264,11 @@ func (d *dir) Remove(ctx context.Context, name string) error {
 	s := d.s
 	s.ns.Lock()
 	p, err := d.child(ctx, op, name)
-	var df *os.File
+	var df diskFile
 	if err == nil {
-		err = s.root.Remove(p)
+		err = s.disk.Remove(p)
 		if errors.Is(err, syscall.ENOTEMPTY) && s.clearTemps(p) {
-			err = s.root.Remove(p)
+			err = s.disk.Remove(p)
 		}
 		if err == nil {
 			s.removed(p)
@@ -280,17 +293,12 @@ func (d *dir) Remove(ctx context.Context, name string) error {
 // rewrite in it is pending (the rewrite is then lost, as if its file had
 // been removed). s.ns is held for writing.
 func (s *Store) clearTemps(p string) bool {
-	sub, err := s.root.OpenRoot(p)
+	sub, err := s.disk.OpenRoot(p)
 	if err != nil {
 		return false
 	}
 	defer sub.Close()
-	f, err := sub.Open(".")
-	if err != nil {
-		return false
-	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
+	names, err := readNames(sub)
 	if err != nil {
 		return false
 	}
@@ -320,17 +328,15 @@ func (d *dir) Rename(ctx context.Context, oldName string, newDir fs.Dir, newName
 	s.ns.Lock()
 	from, dirs, err := d.rename(ctx, op, oldName, nd, newName)
 	s.ns.Unlock()
-	for _, df := range dirs {
-		if serr := syncClose(df); err == nil && serr != nil {
-			err = fail(op, from, serr)
-		}
+	if serr := syncDirs(dirs); err == nil && serr != nil {
+		err = fail(op, from, serr)
 	}
 	return err
 }
 
 // rename does the work of Rename and returns the directories to fsync.
 // s.ns is held for writing.
-func (d *dir) rename(ctx context.Context, op, oldName string, nd *dir, newName string) (string, []*os.File, error) {
+func (d *dir) rename(ctx context.Context, op, oldName string, nd *dir, newName string) (string, []diskFile, error) {
 	s := d.s
 	from, err := d.child(ctx, op, oldName)
 	if err != nil {
@@ -341,29 +347,18 @@ func (d *dir) rename(ctx context.Context, op, oldName string, nd *dir, newName s
 		return from, nil, err
 	}
 	if from == to {
-		if _, err := s.root.Lstat(from); err != nil {
+		if _, err := s.disk.Lstat(from); err != nil {
 			return from, nil, fail(op, from, err)
 		}
 		return from, nil, nil
 	}
-	if err := s.root.Rename(from, to); err != nil {
+	if err := s.disk.Rename(from, to); err != nil {
 		return from, nil, fail(op, from, err)
 	}
 	s.moved(from, to)
-	paths := []string{nd.at.path}
-	if d.at.path != nd.at.path {
-		paths = append(paths, d.at.path)
-	}
-	var dirs []*os.File
-	for _, p := range paths {
-		df, err := s.openDir(p)
-		if err != nil {
-			for _, df := range dirs {
-				df.Close()
-			}
-			return from, nil, fail(op, from, err)
-		}
-		dirs = append(dirs, df)
+	dirs, err := s.openDirs(nd.at.path, d.at.path)
+	if err != nil {
+		return from, nil, fail(op, from, err)
 	}
 	return from, dirs, nil
 }

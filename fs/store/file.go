@@ -93,12 +93,12 @@ func (f *file) rewrite(op string, like os.FileInfo, flag fs.Flag) (*handle, erro
 	dp, _ := fs.Split(f.at.path)
 	var (
 		tp  string
-		t   *os.File
+		t   diskFile
 		err error
 	)
 	for range 8 {
 		tp = fs.Join(dp, TempPrefix+strconv.FormatUint(rand.Uint64(), 36))
-		t, err = s.root.OpenFile(tp, osFlag(flag)|os.O_CREATE|os.O_EXCL, 0o600)
+		t, err = s.disk.OpenFile(tp, osFlag(flag)|os.O_CREATE|os.O_EXCL, 0o600)
 		if !errors.Is(err, iofs.ErrExist) {
 			break
 		}
@@ -106,7 +106,7 @@ func (f *file) rewrite(op string, like os.FileInfo, flag fs.Flag) (*handle, erro
 	if err == nil {
 		if err = t.Chmod(like.Mode().Perm()); err != nil {
 			t.Close()
-			s.root.Remove(tp)
+			s.disk.Remove(tp)
 		}
 	}
 	if err != nil {
@@ -126,7 +126,7 @@ type handle struct {
 	flag fs.Flag
 
 	mu    sync.RWMutex
-	f     *os.File    // nil once closed
+	f     diskFile    // nil once closed
 	tmp   *node       // the temporary file of a pending rewrite, or nil
 	dirty atomic.Bool // written since the last fsync
 }
@@ -134,7 +134,7 @@ type handle struct {
 // newHandle returns a handle on f, writing to the temporary file tmp if
 // that is not nil. If the store has closed, it closes f and removes tmp.
 // s.ns is held for reading.
-func (s *Store) newHandle(op string, n *node, f *os.File, tmp *node, flag fs.Flag) (*handle, error) {
+func (s *Store) newHandle(op string, n *node, f diskFile, tmp *node, flag fs.Flag) (*handle, error) {
 	h := &handle{s: s, n: n, f: f, tmp: tmp, flag: flag}
 	if !s.register(h) {
 		h.dropTemp()
@@ -312,25 +312,25 @@ func (h *handle) commit(op string) error {
 	}
 	s := h.s
 	s.ns.RLock()
-	df, err := h.replace()
+	dirs, err := h.replace()
 	p := h.n.at.path
 	s.ns.RUnlock()
 	if err != nil {
 		return fail(op, p, err)
 	}
-	if df != nil {
-		if err := syncClose(df); err != nil {
-			return fail(op, p, err)
-		}
+	if err := syncDirs(dirs); err != nil {
+		return fail(op, p, err)
 	}
 	return nil
 }
 
 // replace renames the temporary file over the file and returns the
-// directory to fsync. If the file was removed or replaced meanwhile, the
-// rewrite is dropped: it lost to the later change. h.mu is held for
-// writing, s.ns for reading.
-func (h *handle) replace() (*os.File, error) {
+// directories to fsync: the file's, and the temporary file's if the file
+// has moved to another directory since the rewrite began, for a rename is
+// durable only once both directories it changes are. If the file was
+// removed or replaced meanwhile, the rewrite is dropped: it lost to the
+// later change. h.mu is held for writing, s.ns for reading.
+func (h *handle) replace() ([]diskFile, error) {
 	s := h.s
 	tmp, target := h.tmp.at, h.n.at
 	switch {
@@ -342,17 +342,20 @@ func (h *handle) replace() (*os.File, error) {
 		return nil, nil
 	}
 	dp, _ := fs.Split(target.path)
-	df, err := s.openDir(dp)
+	tp, _ := fs.Split(tmp.path)
+	dirs, err := s.openDirs(dp, tp)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.root.Rename(tmp.path, target.path); err != nil {
-		df.Close()
+	if err := s.disk.Rename(tmp.path, target.path); err != nil {
+		for _, df := range dirs {
+			df.Close()
+		}
 		return nil, err
 	}
 	s.retire(tmp)
 	h.tmp = nil
-	return df, nil
+	return dirs, nil
 }
 
 // dropTemp removes the temporary file of a pending rewrite. s.ns is held
@@ -363,7 +366,7 @@ func (h *handle) dropTemp() {
 	}
 	s, tmp := h.s, h.tmp.at
 	if !tmp.gone {
-		if err := s.root.Remove(tmp.path); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+		if err := s.disk.Remove(tmp.path); err != nil && !errors.Is(err, iofs.ErrNotExist) {
 			s.log.Warn("store: removing a temporary file", "path", tmp.path, "err", err)
 		}
 		s.retire(tmp)

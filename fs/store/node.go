@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"hash/fnv"
+	iofs "io/fs"
 	"os"
 	"runtime"
 	"strings"
@@ -139,7 +141,7 @@ func (n *node) Stat(ctx context.Context) (fs.Info, error) {
 		return fs.Info{}, err
 	}
 	p := n.at.path
-	fi, err := n.s.root.Lstat(osPath(p))
+	fi, err := n.s.disk.Lstat(osPath(p))
 	if err != nil {
 		return fs.Info{}, fail(op, p, err)
 	}
@@ -166,13 +168,13 @@ func (n *node) SetAttr(ctx context.Context, a fs.Attr) error {
 
 // setAttr makes the changes and returns the open node to fsync. s.ns is
 // held for reading.
-func (n *node) setAttr(ctx context.Context, op string, a fs.Attr) (*os.File, error) {
+func (n *node) setAttr(ctx context.Context, op string, a fs.Attr) (diskFile, error) {
 	s := n.s
 	if err := n.ready(ctx, op); err != nil {
 		return nil, err
 	}
 	p := n.at.path
-	var f *os.File
+	var f diskFile
 	if a.Size != nil {
 		if *a.Size < 0 {
 			return nil, &fs.Error{Op: op, Path: n.at.path, Kind: fs.Invalid, Err: errNegative}
@@ -187,25 +189,36 @@ func (n *node) setAttr(ctx context.Context, op string, a fs.Attr) (*os.File, err
 		}
 	}
 	if a.Mode != nil {
-		if err := s.root.Chmod(osPath(p), a.Mode.Perm()); err != nil {
+		if err := s.disk.Chmod(osPath(p), a.Mode.Perm()); err != nil {
 			return f, fail(op, n.at.path, err)
 		}
 	}
 	if a.ModTime != nil {
-		if err := s.root.Chtimes(osPath(p), time.Time{}, *a.ModTime); err != nil {
+		if err := s.disk.Chtimes(osPath(p), time.Time{}, *a.ModTime); err != nil {
 			return f, fail(op, n.at.path, err)
 		}
 	}
 	if f == nil && (a.Mode != nil || a.ModTime != nil) {
 		// Open it to fsync the change. A node that cannot be read
-		// (mode 000 without privilege) is not synced, but still changed.
-		f, _ = s.openFile(p, os.O_RDONLY)
-		if f != nil {
-			if fi, err := f.Stat(); err != nil || !fi.IsDir() && !fi.Mode().IsRegular() {
-				f.Close()
-				f = nil
-			}
+		// (mode 000 without privilege) is not synced, but still changed;
+		// any other failure is an error, for the change may not last.
+		of, err := s.openFile(p, os.O_RDONLY)
+		if errors.Is(err, iofs.ErrPermission) {
+			return nil, nil
 		}
+		if err != nil {
+			return nil, fail(op, n.at.path, err)
+		}
+		fi, err := of.Stat()
+		if err != nil {
+			of.Close()
+			return nil, fail(op, n.at.path, err)
+		}
+		if !fi.IsDir() && !fi.Mode().IsRegular() {
+			of.Close() // put there from outside: not the store's to sync
+			return nil, nil
+		}
+		f = of
 	}
 	return f, nil
 }

@@ -1,6 +1,8 @@
 // Package store is the durable read-write tree behind /store: a directory
 // on the local disk, reached only through an [os.Root], so that no name,
-// rename or symbolic link leads outside it.
+// rename or symbolic link leads outside it. The store reaches the disk
+// through a small interface of its own (disk.go), so that its crash
+// consistency can be tested on a disk that loses what was not synced.
 //
 // # Durability
 //
@@ -15,7 +17,8 @@
 // A file created new, or opened with [fs.Truncate], is written to a hidden
 // temporary file beside it, whose name begins with [TempPrefix]. Sync or
 // Close fsyncs that file, renames it over the target and fsyncs the
-// directory. Until then everyone else sees the old content (for a new file,
+// directory (both directories, if the file was renamed into another one
+// meanwhile). Until then everyone else sees the old content (for a new file,
 // the empty file that Create made durable at once), while reads through the
 // writing Handle see what it wrote. A crash before the rename leaves the old
 // content; the temporary file is removed by the next [Open]. After a Sync
@@ -46,6 +49,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,8 +66,8 @@ const TempPrefix = ".strata-tmp-"
 // Store is a durable tree in a directory of the local disk. Its methods,
 // and those of its nodes and handles, are safe for concurrent use.
 type Store struct {
-	root *os.Root
-	lock *os.File // the root directory, flocked while the store is open
+	disk disk   // the store's directory, flocked while the store is open
+	name string // the directory, for the log
 	log  *slog.Logger
 	top  *node // the root directory
 
@@ -83,37 +87,33 @@ type Store struct {
 // discards the store's log.
 func Open(dir string, log *slog.Logger) (*Store, error) {
 	const op = "open store"
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	if err := makeDir(dir); err != nil {
 		return nil, fail(op, dir, err)
 	}
-	root, err := os.OpenRoot(dir)
+	d, err := lockRoot(dir)
 	if err != nil {
 		return nil, fail(op, dir, err)
 	}
-	lock, err := root.Open(".")
-	if err == nil {
-		err = flock(lock)
-		if err != nil {
-			lock.Close()
-		}
-	}
-	if err != nil {
-		root.Close()
-		return nil, fail(op, dir, err)
+	return openDisk(d, dir, log), nil
+}
+
+// openDisk opens the store on d, called name in the log, and removes the
+// temporary files that a crash left behind. The store owns d and closes
+// it on Close.
+func openDisk(d disk, name string, log *slog.Logger) *Store {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{
-		root:    root,
-		lock:    lock,
+		disk:    d,
+		name:    name,
 		log:     log,
 		nodes:   map[string]*slot{},
 		handles: map[*handle]struct{}{},
 	}
 	s.top = &node{s: s, at: &slot{}}
 	s.sweep()
-	return s, nil
+	return s
 }
 
 // makeDir creates dir if it is missing and makes its entry durable.
@@ -142,7 +142,7 @@ func syncPath(dir string) error {
 }
 
 // syncClose fsyncs and closes f.
-func syncClose(f *os.File) error {
+func syncClose(f diskFile) error {
 	err := f.Sync()
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -150,46 +150,71 @@ func syncClose(f *os.File) error {
 	return err
 }
 
-var errInUse = errors.New("directory in use by another store")
+// openDirs opens the directories at paths, each once, to fsync them.
+func (s *Store) openDirs(paths ...string) ([]diskFile, error) {
+	var dirs []diskFile
+	for i, p := range paths {
+		if slices.Contains(paths[:i], p) {
+			continue
+		}
+		df, err := s.openDir(p)
+		if err != nil {
+			for _, df := range dirs {
+				df.Close()
+			}
+			return nil, err
+		}
+		dirs = append(dirs, df)
+	}
+	return dirs, nil
+}
 
-// flock takes an exclusive lock on f, or fails with Busy.
-func flock(f *os.File) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
+// syncDirs fsyncs and closes every one of dirs, and returns the first error.
+func syncDirs(dirs []diskFile) error {
+	var err error
+	for _, df := range dirs {
+		if serr := syncClose(df); err == nil {
+			err = serr
+		}
 	}
-	var lerr error
-	if err := rc.Control(func(fd uintptr) {
-		lerr = syscall.Flock(int(fd), syscall.LOCK_EX|syscall.LOCK_NB)
-	}); err != nil {
-		return err
-	}
-	if errors.Is(lerr, syscall.EWOULDBLOCK) {
-		return &fs.Error{Kind: fs.Busy, Err: errInUse}
-	}
-	return lerr
+	return err
 }
 
 // sweep removes the temporary files that a crash left anywhere in the tree.
 func (s *Store) sweep() {
 	start := time.Now()
+	removed := s.sweepDir("")
+	s.log.Info("store: open", "dir", s.name, "swept", removed, "took", time.Since(start))
+}
+
+// sweepDir removes the temporary files in the directory p and below it,
+// and returns how many it removed.
+func (s *Store) sweepDir(p string) int {
 	removed := 0
-	iofs.WalkDir(s.root.FS(), ".", func(p string, d iofs.DirEntry, err error) error {
-		if err != nil {
-			s.log.Warn("store: sweep", "path", p, "err", err)
-			return nil
+	f, err := s.openDir(p)
+	if err != nil {
+		s.log.Warn("store: sweep", "path", osPath(p), "err", err)
+		return 0
+	}
+	list, err := f.ReadDir(-1)
+	f.Close()
+	if err != nil {
+		s.log.Warn("store: sweep", "path", osPath(p), "err", err) // and sweep what was listed
+	}
+	for _, e := range list {
+		q := fs.Join(p, e.Name())
+		switch {
+		case e.IsDir():
+			removed += s.sweepDir(q)
+		case e.Type().IsRegular() && strings.HasPrefix(e.Name(), TempPrefix):
+			if err := s.disk.Remove(q); err != nil {
+				s.log.Warn("store: removing a temporary file", "path", q, "err", err)
+				continue
+			}
+			removed++
 		}
-		if !d.Type().IsRegular() || !strings.HasPrefix(d.Name(), TempPrefix) {
-			return nil
-		}
-		if err := s.root.Remove(p); err != nil {
-			s.log.Warn("store: removing a temporary file", "path", p, "err", err)
-			return nil
-		}
-		removed++
-		return nil
-	})
-	s.log.Info("store: open", "dir", s.root.Name(), "swept", removed, "took", time.Since(start))
+	}
+	return removed
 }
 
 // Root returns the root directory of the store.
@@ -216,11 +241,8 @@ func (s *Store) Close() error {
 	for _, h := range open {
 		h.abandon()
 	}
-	err := s.lock.Close()
-	if rerr := s.root.Close(); err == nil {
-		err = rerr
-	}
-	s.log.Info("store: closed", "dir", s.root.Name(), "abandoned", len(open))
+	err := s.disk.Close()
+	s.log.Info("store: closed", "dir", s.name, "abandoned", len(open))
 	if err != nil {
 		return fail("close store", "", err)
 	}
@@ -315,13 +337,13 @@ func (s *Store) check(ctx context.Context, op, p string) error {
 
 // openFile opens the file at p. O_NONBLOCK keeps a FIFO put there from
 // outside from blocking the store; it changes nothing for a regular file.
-func (s *Store) openFile(p string, flag int) (*os.File, error) {
-	return s.root.OpenFile(osPath(p), flag|syscall.O_NONBLOCK, 0)
+func (s *Store) openFile(p string, flag int) (diskFile, error) {
+	return s.disk.OpenFile(osPath(p), flag|syscall.O_NONBLOCK, 0)
 }
 
 // openDir opens the directory at p, to fsync it.
-func (s *Store) openDir(p string) (*os.File, error) {
-	return s.root.OpenFile(osPath(p), os.O_RDONLY|syscall.O_DIRECTORY, 0)
+func (s *Store) openDir(p string) (diskFile, error) {
+	return s.disk.OpenFile(osPath(p), os.O_RDONLY|syscall.O_DIRECTORY, 0)
 }
 
 // osPath is p as os.Root takes it: "." for the root.

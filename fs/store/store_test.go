@@ -943,8 +943,7 @@ func crash(s *Store) {
 		h.f = nil
 		h.mu.Unlock()
 	}
-	s.lock.Close()
-	s.root.Close()
+	s.disk.Close()
 }
 
 func TestCrashDuringRewrite(t *testing.T) {
