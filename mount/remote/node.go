@@ -429,7 +429,7 @@ func (h *handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	done := 0
 	for done < len(p) {
 		chunk := p[done:min(len(p), done+h.s.payload)]
-		pl := h.s.plan(ctx)
+		pl := h.s.planFor(ctx, len(chunk))
 		buf := chunk
 		if pl.detached() {
 			buf = make([]byte, len(chunk))
@@ -469,7 +469,7 @@ func (h *handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	done := 0
 	for done < len(p) {
 		chunk := p[done:min(len(p), done+h.s.payload)]
-		pl := h.s.plan(ctx)
+		pl := h.s.planFor(ctx, len(chunk))
 		if pl.detached() {
 			chunk = bytes.Clone(chunk)
 		}

@@ -20,11 +20,22 @@
 //
 // p9's client has no timeouts, so every round trip (a step) runs under a
 // bound: Options.Timeout, or the duration given to WithTimeout for the
-// calls made with that context. A step that has begun is waited for up to
-// its bound; canceling the context does not cut it short (p9's client
-// cannot flush a request). If the server has not answered when the bound
-// passes, the step is stuck: the connection is closed, which fails every
-// call waiting on it, and the caller gets a Timeout.
+// calls made with that context, plus, for a read or write, the time its
+// bytes take at Options.MinRate. A step that has begun is waited for up
+// to its bound; canceling the context does not cut it short (p9's client
+// cannot flush a request).
+//
+// A step unanswered at its bound may be stuck, or the server may be
+// waiting on something of its own (a tier on its parent, whose steps have
+// the same bound and started a little later). So before the connection
+// is given up, the link is tested: if the server has answered anything
+// in the last bound, or answers a probe (a getattr of the attach fid)
+// within half a bound, it is alive, and the step gets another bound, up
+// to maxExtensions times. Otherwise the step is stuck: the connection is
+// closed, which fails every call waiting on it, and the caller gets a
+// Timeout. A dead server is thus found within one and a half bounds, and
+// a slow parent does not cost its child the link that everyone else's
+// calls share.
 //
 // A context deadline that comes sooner than the bound also ends the wait,
 // with a Timeout, but it is the caller's limit, not proof that the server
@@ -78,6 +89,9 @@ import (
 const (
 	DefaultTimeout    = 5 * time.Second
 	DefaultMinBackoff = 100 * time.Millisecond
+	// DefaultMinRate is 4 KiB/s: a 128 KiB step may take 32 s more than
+	// the timeout, a 4 KiB one 1 s more.
+	DefaultMinRate    = 4 << 10
 	DefaultMaxBackoff = 5 * time.Second
 	// DefaultMsize is the message size asked for: p9's own limit.
 	DefaultMsize = 4 << 20
@@ -97,6 +111,10 @@ type Options struct {
 	// exchange. DefaultTimeout if zero. WithTimeout overrides it for
 	// the steps of one call.
 	Timeout time.Duration
+	// MinRate is the slowest transfer, in bytes per second, that is not
+	// taken for a stuck link: a read or write step of n bytes may take
+	// Timeout plus n/MinRate. DefaultMinRate if zero.
+	MinRate int64
 	// MinBackoff and MaxBackoff bound the time calls fail at once after
 	// a failed dial, before the next dial. DefaultMinBackoff and
 	// DefaultMaxBackoff if zero.
@@ -174,6 +192,9 @@ type dialing struct {
 func New(network, addr string, opts Options) *Tree {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
+	}
+	if opts.MinRate <= 0 {
+		opts.MinRate = DefaultMinRate
 	}
 	if opts.MinBackoff <= 0 {
 		opts.MinBackoff = DefaultMinBackoff
@@ -427,6 +448,8 @@ type link struct {
 
 	watch     watch        // the steps in flight
 	heard     atomic.Int64 // unix nanoseconds of the last answer
+	probing   atomic.Bool  // a probe is out (see watch.fire)
+	ping      func() error // the probe, if not a getattr of root (tests)
 	installed atomic.Bool  // the Tree's current link (not a dial's)
 	done      chan struct{}
 	dead      atomic.Bool
@@ -569,6 +592,31 @@ func (s *link) kill(cause error) bool {
 	return first
 }
 
+// getattrRoot asks the server about the attach fid: the cheapest answer
+// there is, for probes.
+func (s *link) getattrRoot() (struct{}, error) {
+	if s.ping != nil {
+		return struct{}{}, s.ping()
+	}
+	_, _, _, err := s.root.GetAttr(p9.AttrMask{Mode: true})
+	return struct{}{}, err
+}
+
+// probe tests the link when a step is late (late says which): unless a
+// probe is already out, a getattr of the attach fid bounded by bound. If
+// it goes unanswered, the watch finds the probe stuck and closes the link.
+func (s *link) probe(late string, bound time.Duration) {
+	if !s.probing.CompareAndSwap(false, true) {
+		return
+	}
+	s.t.wg.Add(1)
+	go func() {
+		defer s.t.wg.Done()
+		defer s.probing.Store(false)
+		exec(s.t.ctx, s, plan{bound: bound, probe: true}, "probe of the link after "+late, "", s.getattrRoot, nil)
+	}()
+}
+
 // keepalive probes the link whenever it has heard nothing for every,
 // until the link ends. A probe that fails ends the link.
 func (s *link) keepalive(every time.Duration) {
@@ -585,10 +633,7 @@ func (s *link) keepalive(every time.Duration) {
 			timer.Reset(every - idle)
 			continue
 		}
-		err := s.step(s.t.ctx, "keepalive", "", func() error {
-			_, _, _, err := s.root.GetAttr(p9.AttrMask{Mode: true})
-			return err
-		})
+		_, err := exec(s.t.ctx, s, plan{bound: s.t.opts.Timeout, probe: true}, "keepalive", "", s.getattrRoot, nil)
 		if err != nil {
 			if s.t.ctx.Err() == nil {
 				s.kill(err)

@@ -49,16 +49,28 @@ func (e timeoutError) Is(target error) bool { return target == context.DeadlineE
 // plan is how long a step may take.
 type plan struct {
 	// bound is the step's own limit: a server that has not answered by
-	// then is stuck, and the connection is closed.
+	// then, and does not answer a probe either, is stuck, and the
+	// connection is closed.
 	bound time.Duration
 	// deadline, if not zero, is the caller's deadline, sooner than the
 	// bound: the caller stops waiting then, and the step runs on in the
 	// background.
 	deadline time.Time
+	// probe marks a step that is itself a test of the link: at its bound
+	// it is stuck, with no probe of its own.
+	probe bool
 }
 
-func (s *link) plan(ctx context.Context) plan {
+func (s *link) plan(ctx context.Context) plan { return s.planFor(ctx, 0) }
+
+// planFor is the plan of a step that moves n bytes of payload: its bound
+// grows by the time they take at Options.MinRate, so that a slow link
+// carries a large read or write instead of being taken for a stuck one.
+func (s *link) planFor(ctx context.Context, n int) plan {
 	p := plan{bound: stepTimeout(ctx, s.t.opts.Timeout)}
+	if n > 0 {
+		p.bound += time.Duration(n) * time.Second / time.Duration(s.t.opts.MinRate)
+	}
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < p.bound {
 		p.deadline = dl
 	}

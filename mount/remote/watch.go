@@ -33,8 +33,10 @@ type inflight struct {
 
 	op, path string
 	bound    time.Duration
-	due      time.Duration // clock time when the step is stuck
+	due      time.Duration // clock time when the link is next tested (see fire)
 	state    int32         // running, answered or stuck
+	probe    bool          // the step is a probe: at its bound it is stuck
+	extended int           // the times the step was given more time
 
 	// A detached step: the caller waits until done or its deadline,
 	// whichever comes first; the one that comes second finds the other
@@ -55,6 +57,7 @@ func (w *watch) start(s *link, op, path string, pl plan) *inflight {
 	st.op, st.path, st.bound = op, path, pl.bound
 	st.due = now + pl.bound
 	st.state = running
+	st.probe, st.extended = pl.probe, 0
 	st.callerDue, st.wake, st.done, st.abandoned = 0, false, false, false
 	next := st.due
 	if pl.detached() {
@@ -146,11 +149,20 @@ func (w *watch) signal(st *inflight) {
 	}
 }
 
-// fire handles what is due: a step past its bound is stuck, and closes
-// the link; a detached caller past its deadline is woken. Then the timer
-// is armed for what comes next.
+// maxExtensions is how many times a step past its bound may be given
+// more time because the link is alive.
+const maxExtensions = 2
+
+// fire handles what is due: a step past its bound gets more time if the
+// link has answered anything within the last bound, or else a probe of
+// the link and half a bound more to see it answered; past that, or past
+// maxExtensions, it is stuck and closes the link. A detached caller past
+// its deadline is woken. Then the timer is armed for what comes next.
 func (w *watch) fire(s *link) {
 	var stuckErr error
+	var probeAfter *inflight // a step whose lateness calls for a probe
+	var probeBound time.Duration
+	heard := time.Since(time.Unix(0, s.heard.Load()))
 	w.mu.Lock()
 	now := clock()
 	w.armed = 0
@@ -173,6 +185,17 @@ func (w *watch) fire(s *link) {
 					soonest(st.callerDue)
 				}
 			}
+			if st.due <= now && !st.probe && st.extended < maxExtensions {
+				st.extended++
+				if heard < st.bound {
+					st.due = now + st.bound
+				} else {
+					if probeAfter == nil || st.bound < probeBound {
+						probeAfter, probeBound = st, st.bound/2
+					}
+					st.due = now + st.bound/2 + st.bound/8
+				}
+			}
 			if st.due <= now {
 				// Only a step still waiting for its answer is stuck.
 				st.state = stuck
@@ -187,11 +210,19 @@ func (w *watch) fire(s *link) {
 			st = following
 		}
 	}
+	var late string
+	if probeAfter != nil {
+		late = fmt.Sprintf("%s unanswered for %v", joinOp(probeAfter.op, probeAfter.path), probeAfter.bound)
+	}
 	if next != 0 {
 		w.arm(s, now, next)
 	}
 	w.mu.Unlock()
 	if stuckErr != nil {
 		s.kill(stuckErr)
+		return
+	}
+	if probeAfter != nil {
+		s.probe(late, probeBound)
 	}
 }

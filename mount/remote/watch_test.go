@@ -18,7 +18,9 @@ func fakeLink(t testing.TB) *link {
 	t.Cleanup(func() { tr.Close() })
 	c, peer := net.Pipe()
 	t.Cleanup(func() { c.Close(); peer.Close() })
-	return &link{t: tr, conn: c, done: make(chan struct{})}
+	s := &link{t: tr, conn: c, done: make(chan struct{})}
+	s.ping = func() error { <-s.done; return net.ErrClosed } // a silent server
+	return s
 }
 
 // untilDead is an fn that answers when the link is closed, as p9's client
@@ -205,5 +207,64 @@ func TestWatchMany(t *testing.T) {
 	}
 	if s.dead.Load() {
 		t.Errorf("link closed: %v", s.cause)
+	}
+}
+
+// TestWatchAliveLink: a step past its bound on a link that still answers
+// (a probe, here) is a server waiting on something of its own, not a
+// stuck one: the step gets more time and its answer arrives, the link
+// stays. A step that never answers is stuck all the same, once the
+// extensions are spent.
+func TestWatchAliveLink(t *testing.T) {
+	const bound = 100 * time.Millisecond
+	s := fakeLink(t)
+	var probes atomic.Int32
+	s.ping = func() error { probes.Add(1); return nil }
+	c := WithTimeout(ctx, bound)
+	n, err := exec(c, s, s.plan(c), "readdir", "apps", func() (int, error) {
+		time.Sleep(bound * 3 / 2)
+		return 7, nil
+	}, nil)
+	if err != nil || n != 7 {
+		t.Fatalf("a late answer on a live link: %d, %v", n, err)
+	}
+	if probes.Load() == 0 {
+		t.Error("the link was not probed")
+	}
+	if s.dead.Load() {
+		t.Fatalf("the link was closed: %v", s.cause)
+	}
+
+	start := time.Now()
+	_, err = exec(c, s, s.plan(c), "walk", "never", untilDead(s), nil)
+	took := time.Since(start)
+	if !s.dead.Load() {
+		t.Fatalf("the link is up after a step that never answered: %v", err)
+	}
+	wantKind(t, "a step that never answers", err, fs.Timeout)
+	if min := bound * 5 / 2; took < min || took > 20*bound {
+		t.Errorf("the stuck step ended the link after %v, want between %v and %v", took, min, 20*bound)
+	}
+}
+
+// TestMinRate: a read or write step's bound grows with its size at
+// Options.MinRate; other steps have the plain bound.
+func TestMinRate(t *testing.T) {
+	tr := New("tcp", "127.0.0.1:1", Options{Timeout: 2 * time.Second, MinRate: 8 << 10})
+	defer tr.Close()
+	s := &link{t: tr}
+	if b := s.plan(ctx).bound; b != 2*time.Second {
+		t.Errorf("plain bound %v", b)
+	}
+	if b := s.planFor(ctx, 128<<10).bound; b != 18*time.Second {
+		t.Errorf("bound of a 128 KiB step at 8 KiB/s: %v, want 18s", b)
+	}
+	if b := s.planFor(WithTimeout(ctx, time.Second), 8<<10).bound; b != 2*time.Second {
+		t.Errorf("bound of an 8 KiB step with a 1s timeout: %v, want 2s", b)
+	}
+	def := New("tcp", "127.0.0.1:1", Options{})
+	defer def.Close()
+	if b := (&link{t: def}).planFor(ctx, DefaultMinRate).bound; b != DefaultTimeout+time.Second {
+		t.Errorf("default bound of a step of DefaultMinRate bytes: %v", b)
 	}
 }

@@ -207,10 +207,38 @@ func (t *Tier) parentErr(op, path string, err error) error {
 	return &fs.Error{Op: op, Path: path, Kind: fs.KindOf(err), Err: fmt.Errorf("%s: %w", t.cfg.ParentName, err)}
 }
 
+// upListTTL is how long a tier shows its parent's last listing of /apps
+// while the parent cannot answer.
+const upListTTL = 10 * time.Minute
+
+// remembered is the parent's /apps for listings: what it answers, which
+// is remembered, or while it cannot answer, what it last answered within
+// upListTTL, so that an unreachable parent does not make its apps vanish
+// from `ls` (a call to one then fails and says why).
+type remembered struct {
+	fs.Dir
+	t *Tier
+}
+
+func (r remembered) ReadDir(ctx context.Context) ([]fs.Info, error) {
+	infos, err := r.Dir.ReadDir(ctx)
+	r.t.mu.Lock()
+	defer r.t.mu.Unlock()
+	if err == nil {
+		r.t.upList, r.t.upListAt = slices.Clone(infos), time.Now()
+		return infos, nil
+	}
+	if r.t.upList != nil && time.Since(r.t.upListAt) < upListTTL && fs.KindOf(err) != fs.NotExist {
+		r.t.log.Warn("listing apps: the parent did not answer; its listing of "+r.t.upListAt.Format(time.RFC3339)+" stands in", "err", err)
+		return slices.Clone(r.t.upList), nil
+	}
+	return nil, err
+}
+
 func (d *appsDir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 	members := []fs.Dir{&localApps{t: d.t}}
 	if d.t.cfg.Parent != nil {
-		members = append(members, d.t.cfg.Parent.Dir("apps"))
+		members = append(members, remembered{d.t.cfg.Parent.Dir("apps"), d.t})
 	}
 	infos, err := union.NewWithOptions("apps", union.Options{Log: d.t.log}, members...).ReadDir(ctx)
 	if err != nil {

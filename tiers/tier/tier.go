@@ -122,6 +122,10 @@ type Tier struct {
 	pendingApps map[string]bool
 	// upSeen is when the parent last said it has an app.
 	upSeen map[string]time.Time
+	// upList is the parent's latest listing of /apps, and when it came:
+	// shown while the parent cannot answer (see remembered).
+	upList   []fs.Info
+	upListAt time.Time
 	// appLimits are the apps' own limits; saveMu orders their saving.
 	appLimits map[string]wasm.Limits
 	saveMu    sync.Mutex
