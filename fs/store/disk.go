@@ -1,14 +1,12 @@
 package store
 
 import (
-	"errors"
 	"io"
 	iofs "io/fs"
 	"os"
-	"syscall"
 	"time"
 
-	"strata/fs"
+	"strata/fs/flock"
 )
 
 // disk is the file system under a store: the calls of [os.Root] and
@@ -75,7 +73,7 @@ func lockRoot(dir string) (*osDisk, error) {
 	}
 	lock, err := root.Open(".")
 	if err == nil {
-		err = flock(lock)
+		err = flock.Exclusive(lock, "another store")
 		if err != nil {
 			lock.Close()
 		}
@@ -85,26 +83,6 @@ func lockRoot(dir string) (*osDisk, error) {
 		return nil, err
 	}
 	return &osDisk{root: root, lock: lock}, nil
-}
-
-var errInUse = errors.New("directory in use by another store")
-
-// flock takes an exclusive lock on f, or fails with Busy.
-func flock(f *os.File) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var lerr error
-	if err := rc.Control(func(fd uintptr) {
-		lerr = syscall.Flock(int(fd), syscall.LOCK_EX|syscall.LOCK_NB)
-	}); err != nil {
-		return err
-	}
-	if errors.Is(lerr, syscall.EWOULDBLOCK) {
-		return &fs.Error{Kind: fs.Busy, Err: errInUse}
-	}
-	return lerr
 }
 
 func (d *osDisk) OpenFile(name string, flag int, perm iofs.FileMode) (diskFile, error) {

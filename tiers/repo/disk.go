@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"strata/fs"
+	"strata/fs/flock"
 )
 
 // manifestFormat is the version of the manifest's layout.
@@ -110,8 +111,6 @@ type side struct {
 	log  *slog.Logger
 }
 
-var errInUse = errors.New("directory in use by another repo")
-
 // openSide opens dir, creating it if missing, locks it and removes the
 // temporary files left in it.
 func openSide(name, dir string, log *slog.Logger) (*side, error) {
@@ -124,7 +123,7 @@ func openSide(name, dir string, log *slog.Logger) (*side, error) {
 	}
 	dirf, err := root.OpenFile(".", os.O_RDONLY|syscall.O_DIRECTORY, 0)
 	if err == nil {
-		if err = flock(dirf); err != nil {
+		if err = flock.Exclusive(dirf, "another repo"); err != nil {
 			dirf.Close()
 		}
 	}
@@ -167,24 +166,6 @@ func makeDir(dir string) error {
 		}
 	}
 	return nil
-}
-
-// flock takes an exclusive lock on f, or fails with Busy.
-func flock(f *os.File) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var lerr error
-	if err := rc.Control(func(fd uintptr) {
-		lerr = syscall.Flock(int(fd), syscall.LOCK_EX|syscall.LOCK_NB)
-	}); err != nil {
-		return err
-	}
-	if errors.Is(lerr, syscall.EWOULDBLOCK) {
-		return &fs.Error{Kind: fs.Busy, Err: errInUse}
-	}
-	return lerr
 }
 
 // names lists the regular files of the directory.
