@@ -82,6 +82,30 @@ func startTier(t *testing.T, bin string, role string, args ...string) *tierProc 
 	return p
 }
 
+// hierarchySetup is what a test of tier processes starts from: the
+// binary, the sample apps' modules, a directory, and in it the keys of
+// one group (with the named clients, if any).
+func hierarchySetup(t *testing.T, clients ...string) (bin string, mods map[string]string, dir, keys string) {
+	t.Helper()
+	bin, err := buildStrata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mods, err = buildModulesOnce(); err != nil {
+		t.Fatal(err)
+	}
+	dir = t.TempDir()
+	keys = filepath.Join(dir, "keys")
+	args := []string{"keygen", "-keys", keys, "-groups", "1"}
+	if len(clients) > 0 {
+		args = append(args, "-clients", strings.Join(clients, ","))
+	}
+	if out, errs, err := strataRun(bin, "", args...); err != nil {
+		t.Fatalf("keygen: %v\n%s%s", err, out, errs)
+	}
+	return bin, mods, dir, keys
+}
+
 // strataRun runs the strata binary and returns its stdout, stderr and
 // error.
 func strataRun(bin string, stdin string, args ...string) (string, string, error) {
@@ -108,19 +132,7 @@ var buildModulesOnce = sync.OnceValues(func() (map[string]string, error) {
 // and /store keep working; once the cloud is back, calls succeed again
 // without restarting anything.
 func TestCloudStoppedAndKilled(t *testing.T) {
-	bin, err := buildStrata()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mods, err := buildModulesOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
-	if out, errs, err := strataRun(bin, "", "keygen", "-keys", keys, "-groups", "1"); err != nil {
-		t.Fatalf("keygen: %v\n%s%s", err, out, errs)
-	}
+	bin, mods, dir, keys := hierarchySetup(t)
 	cloud := startTier(t, bin, "cloud", "-listen", "127.0.0.1:0", "-local", "127.0.0.1:0", "-data", filepath.Join(dir, "cloud"), "-keys", keys)
 	for _, app := range []string{"upper", "sha256"} {
 		if out, errs, err := strataRun(bin, "", "deploy", "-addr", cloud.local, app, mods[app]); err != nil || !strings.Contains(out, "deployed "+app+" version 1") {

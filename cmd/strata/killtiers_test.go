@@ -435,20 +435,8 @@ func killVerify(ctx context.Context, tree *remote.Tree, writers []*killWriter) (
 // up there must be none, and an answer must always be right.
 func TestKillEachTier(t *testing.T) {
 	requireFUSE(t)
-	bin, err := buildStrata()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mods, err := buildModulesOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
 	began := time.Now()
-	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
-	if out, errs, err := strataRun(bin, "", "keygen", "-keys", keys, "-groups", "1", "-clients", killClient); err != nil {
-		t.Fatalf("keygen: %v\n%s%s", err, out, errs)
-	}
+	bin, mods, dir, keys := hierarchySetup(t, killClient)
 
 	// The hierarchy, one process per tier, with short bounds so that an
 	// outage is noticed quickly.

@@ -184,19 +184,7 @@ var faultMountedRE = regexp.MustCompile(`msg=mounted .*local=(\S+)`)
 // pointed at a delay line in front of its parent.
 func faultStart(t *testing.T) *faultHier {
 	t.Helper()
-	bin, err := buildStrata()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mods, err := buildModulesOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
-	if out, errs, err := strataRun(bin, "", "keygen", "-keys", keys, "-groups", "1", "-clients", "c1"); err != nil {
-		t.Fatalf("keygen: %v\n%s%s", err, out, errs)
-	}
+	bin, mods, dir, keys := hierarchySetup(t, "c1")
 	step, budget := faultStep.String(), faultBudget.String()
 	h := &faultHier{}
 	h.cloud = startTier(t, bin, "cloud", "-listen", "127.0.0.1:0", "-local", "127.0.0.1:0",
