@@ -19,7 +19,7 @@ import (
 
 func mountCmd(ctx context.Context, args []string) error {
 	fl := flag.NewFlagSet("mount", flag.ContinueOnError)
-	edge := fl.String("edge", "127.0.0.1:5652", "`address` of the edge's encrypted port")
+	edge := fl.String("edge", "127.0.0.1:5652", "`addresses` of the edge's encrypted port, comma-separated for the several edges of a group (tried in turn)")
 	edgeName := fl.String("edge-name", "edge", "`name` of the edge in errors and logs")
 	key := fl.String("key", "", "the client's keyset `file` (KEYS/clients/NAME.keyset; NAME is the client's name)")
 	kek := fl.String("kek", "", "the key-encryption key `file` (default: kek.json beside the clients directory)")

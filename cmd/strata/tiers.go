@@ -111,7 +111,7 @@ func serveCloud(ctx context.Context, args []string) error {
 func serveAppEdge(ctx context.Context, args []string) error {
 	f := newTierFlags("serve appedge", "127.0.0.1:5650", "127.0.0.1:5651")
 	group := f.fl.String("group", "g1", "`name` of the group")
-	parent := f.fl.String("parent", "127.0.0.1:5640", "`address` of the cloud's encrypted port")
+	parent := f.fl.String("parent", "127.0.0.1:5640", "`addresses` of the cloud's encrypted port, comma-separated for several cloud nodes (tried in turn)")
 	pin := f.fl.String("pin", "upper", "comma-separated `apps` always held here")
 	capMiB := f.fl.Int64("cap-mib", appedge.DefaultCapBytes>>20, "size cap in MiB of the replicas that are not pinned")
 	pullAfter := f.fl.Int("pull-after", tier.DefaultPullAfter, "misses of an app before it is pulled in as a replica (-1: never)")
@@ -149,7 +149,7 @@ func serveAppEdge(ctx context.Context, args []string) error {
 func serveEdge(ctx context.Context, args []string) error {
 	f := newTierFlags("serve edge", "127.0.0.1:5652", "127.0.0.1:5653")
 	group := f.fl.String("group", "g1", "`name` of the group")
-	parent := f.fl.String("parent", "127.0.0.1:5650", "`address` of the app edge's encrypted port")
+	parent := f.fl.String("parent", "127.0.0.1:5650", "`addresses` of the app edge's encrypted port, comma-separated for several (tried in turn)")
 	timeout := f.fl.Duration("timeout", 0, "bound of each step on the link to the app edge (0: default)")
 	httpAddr := f.fl.String("http", "", "TCP `address` of the web page and its API (empty for none)")
 	cert := f.fl.String("http-cert", "", "certificate `file` (PEM): serve the web page over HTTPS")

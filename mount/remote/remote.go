@@ -47,7 +47,8 @@
 //
 // # Reconnecting
 //
-// When the connection fails, the next call dials again. Only one goroutine
+// When the connection fails, the next call dials again: when the Tree has
+// several addresses, the one that answered last first, then the others. Only one goroutine
 // dials at a time; calls arriving meanwhile wait for that dial's result,
 // each within its own context and bound. After a failed dial, calls fail
 // at once for a backoff window that grows from Options.MinBackoff to
@@ -74,6 +75,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -154,14 +157,16 @@ type LinkState struct {
 // Tree is a remote tree. Its methods and its nodes' methods may be called
 // from many goroutines.
 type Tree struct {
-	network, addr string
-	label         string // "name (addr)", or addr
-	opts          Options
-	log           *slog.Logger
-	invalid       error           // what is wrong with opts, if anything
-	ctx           context.Context // ended by Close
-	stop          context.CancelFunc
-	wg            sync.WaitGroup // dials and keepalives
+	network string
+	addrs   []string     // the server's addresses, tried in turn
+	pref    atomic.Int32 // the address dialed first: the last that answered
+	label   atomic.Pointer[string]
+	opts    Options
+	log     *slog.Logger
+	invalid error           // what is wrong with opts, if anything
+	ctx     context.Context // ended by Close
+	stop    context.CancelFunc
+	wg      sync.WaitGroup // dials and keepalives
 
 	mu        sync.Mutex
 	cur       *link    // the last link made; dead after a failure
@@ -186,6 +191,10 @@ type dialing struct {
 
 // New returns a Tree for the 9P2000.L server at addr without connecting:
 // the first call dials, so a tier starts even while its parent is down.
+// addr may list several addresses, comma-separated, of servers that serve
+// the same tree (the edges of a group, the nodes of a cloud): a dial
+// tries them in turn, beginning with the one that answered last (at
+// first, one chosen at random, so that children spread over them).
 // The Tree reconnects by itself when its connection fails. Options that
 // make no sense (an Msize below 4096, a MaxBackoff below MinBackoff) make
 // every call fail with Invalid.
@@ -209,11 +218,12 @@ func New(network, addr string, opts Options) *Tree {
 		var d net.Dialer
 		opts.Dial = d.DialContext
 	}
-	label := addr
-	if opts.Name != "" {
-		label = opts.Name + " (" + addr + ")"
+	t := &Tree{network: network, addrs: strings.Split(addr, ","), opts: opts, log: opts.Log, since: time.Now()}
+	if len(t.addrs) > 1 {
+		// Children of one parent spread over its addresses.
+		t.pref.Store(int32(rand.IntN(len(t.addrs))))
 	}
-	t := &Tree{network: network, addr: addr, label: label, opts: opts, log: opts.Log, since: time.Now()}
+	t.setLabel(int(t.pref.Load()))
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
 	}
@@ -222,10 +232,25 @@ func New(network, addr string, opts Options) *Tree {
 		t.invalid = fmt.Errorf("msize %d is below %d", opts.Msize, minMsize)
 	case opts.MaxBackoff < opts.MinBackoff:
 		t.invalid = fmt.Errorf("MaxBackoff %v is below MinBackoff %v", opts.MaxBackoff, opts.MinBackoff)
+	case slices.Contains(t.addrs, ""):
+		t.invalid = fmt.Errorf("an empty address in %q", addr)
 	}
 	t.ctx, t.stop = context.WithCancel(context.Background())
 	return t
 }
+
+// setLabel names the tier by its address i in errors and logs.
+func (t *Tree) setLabel(i int) {
+	l := t.addrs[i]
+	if t.opts.Name != "" {
+		l = t.opts.Name + " (" + l + ")"
+	}
+	t.label.Store(&l)
+}
+
+// name is the tier's label: "name (addr)", or addr, with the address in
+// use (or to be tried first).
+func (t *Tree) name() string { return *t.label.Load() }
 
 // Dial connects to the 9P2000.L server at addr and attaches: New, then a
 // first connection, whose failure is returned.
@@ -247,7 +272,7 @@ func (t *Tree) State() LinkState {
 	defer t.mu.Unlock()
 	st := LinkState{
 		Name:       t.opts.Name,
-		Addr:       t.addr,
+		Addr:       t.addrs[t.pref.Load()],
 		Connected:  t.connected,
 		Since:      t.since,
 		Reconnects: max(0, t.connects-1),
@@ -280,7 +305,7 @@ var errTreeClosed = errors.New("remote tree closed")
 
 // err builds the error of a call: its Op names the tier.
 func (t *Tree) err(op, path string, kind fs.Kind, cause error) *fs.Error {
-	return &fs.Error{Op: t.label + ": " + op, Path: path, Kind: kind, Err: cause}
+	return &fs.Error{Op: t.name() + ": " + op, Path: path, Kind: kind, Err: cause}
 }
 
 // relabel names the tier in an error made here without contacting it (a
@@ -291,7 +316,7 @@ func (t *Tree) relabel(err error) error {
 		return err
 	}
 	c := *fe
-	c.Op = t.label + ": " + c.Op
+	c.Op = t.name() + ": " + c.Op
 	return &c
 }
 
@@ -395,14 +420,14 @@ func (t *Tree) redial(d *dialing) {
 		t.failures++
 		t.next = now.Add(t.backoff(t.failures))
 		t.lastErr, t.lastKind = err, dialKind(err)
-		t.log.Info("9P2000.L dial failed", "tier", t.label, "err", err, "retry", t.next.Sub(now).Round(time.Millisecond))
+		t.log.Info("9P2000.L dial failed", "tier", t.name(), "err", err, "retry", t.next.Sub(now).Round(time.Millisecond))
 	default:
 		t.failures, t.next = 0, time.Time{}
 		t.connects++
 		t.connected, t.since = true, now
 		t.cur = s
 		s.installed.Store(true)
-		t.log.Info("9P2000.L connected", "tier", t.label, "payload", s.payload, "reconnects", t.connects-1)
+		t.log.Info("9P2000.L connected", "tier", t.name(), "payload", s.payload, "reconnects", t.connects-1)
 		if t.opts.Keepalive > 0 {
 			t.wg.Add(1)
 			go s.keepalive(t.opts.Keepalive)
@@ -457,9 +482,46 @@ type link struct {
 	cause     error
 }
 
-// dial connects, negotiates the version and msize, and attaches, all
-// within the timeout. Closing the Tree abandons it.
+// dial connects to one of the server's addresses, the one that answered
+// last first, then the others in turn; the first that answers becomes the
+// preferred one. Each has its own timeout.
 func (t *Tree) dial() (*link, error) {
+	first := int(t.pref.Load())
+	if len(t.addrs) == 1 {
+		return t.dialAddr(t.addrs[0])
+	}
+	var errs []error
+	for k := range t.addrs {
+		i := (first + k) % len(t.addrs)
+		s, err := t.dialAddr(t.addrs[i])
+		if err == nil {
+			if i != first {
+				t.log.Info("9P2000.L moving to another address", "tier", t.name(), "to", t.addrs[i])
+				t.pref.Store(int32(i))
+				t.setLabel(i)
+			}
+			return s, nil
+		}
+		if errors.Is(err, errTreeClosed) {
+			return nil, err
+		}
+		errs = append(errs, &addrError{t.addrs[i], err})
+	}
+	return nil, errors.Join(errs...)
+}
+
+// addrError is a dial's failure at one of several addresses.
+type addrError struct {
+	addr string
+	err  error
+}
+
+func (e *addrError) Error() string { return e.addr + ": " + e.err.Error() }
+func (e *addrError) Unwrap() error { return e.err }
+
+// dialAddr connects to addr, negotiates the version and msize, and
+// attaches, all within the timeout. Closing the Tree abandons it.
+func (t *Tree) dialAddr(addr string) (*link, error) {
 	ctx, cancel := context.WithTimeout(t.ctx, t.opts.Timeout)
 	defer cancel()
 	// fail says why the dial failed, in an error that fs.KindOf
@@ -481,7 +543,7 @@ func (t *Tree) dial() (*link, error) {
 		}
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	conn, err := t.opts.Dial(ctx, t.network, t.addr)
+	conn, err := t.opts.Dial(ctx, t.network, addr)
 	if err != nil {
 		var oe *net.OpError
 		if errors.As(err, &oe) && oe.Op == "dial" {
@@ -584,7 +646,7 @@ func (s *link) kill(cause error) bool {
 			// Before the close, so that a call that fails because of it
 			// finds the state already changed.
 			s.t.linkDown(s, cause)
-			s.t.log.Info("9P2000.L connection closed", "tier", s.t.label, "why", cause)
+			s.t.log.Info("9P2000.L connection closed", "tier", s.t.name(), "why", cause)
 		}
 		s.conn.Close()
 		close(s.done)

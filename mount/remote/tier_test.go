@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	iofs "io/fs"
 	"net"
 	"strings"
@@ -561,5 +562,107 @@ func TestInvalidOptions(t *testing.T) {
 		_, err = tr.Root().Stat(ctx)
 		wantKind(t, "stat", err, fs.Invalid)
 		wantPrefix(t, "stat", err, addr+": stat: ")
+	}
+}
+
+// whoTree is a tree whose file "who" holds name.
+func whoTree(t *testing.T, name string) fs.Dir {
+	t.Helper()
+	root := memfs.New()
+	_, h, err := root.Create(ctx, "who", fs.WriteOnly, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.WriteAt(ctx, []byte(name), 0)
+	if err := h.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// who reads "who" through tr.
+func who(tr *Tree) (string, error) {
+	n, err := tr.Root().Lookup(ctx, "who")
+	if err != nil {
+		return "", err
+	}
+	h, err := n.(fs.File).Open(ctx, fs.ReadOnly)
+	if err != nil {
+		return "", err
+	}
+	defer h.Close(ctx)
+	buf := make([]byte, 16)
+	k, err := h.ReadAt(ctx, buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	return string(buf[:k]), nil
+}
+
+// TestSeveralAddresses: a Tree given two addresses of one tree uses one;
+// when that server goes, the next call after the failure moves to the
+// other, the errors and the state name the address in use, and with both
+// gone the error names each.
+func TestSeveralAddresses(t *testing.T) {
+	a, b := newServer(t, whoTree(t, "a")), newServer(t, whoTree(t, "b"))
+	tr := New("tcp", a.addr+","+b.addr, Options{Name: "edge", Timeout: 2 * time.Second, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	defer tr.Close()
+	first, err := who(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	servers := map[string]*server{"a": a, "b": b}
+	other := map[string]string{"a": "b", "b": "a"}[first]
+	if st := tr.State(); st.Addr != servers[first].addr || !st.Connected {
+		t.Errorf("state %+v while connected to %s", st, first)
+	}
+
+	servers[first].stop()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got, err := who(tr)
+		if err == nil && got == other {
+			break
+		}
+		if err != nil && !strings.Contains(err.Error(), "edge ("+servers[first].addr+")") {
+			t.Errorf("a failure that does not name the address that failed: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still not on %s: %q, %v", other, got, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := tr.State(); st.Addr != servers[other].addr {
+		t.Errorf("state names %s, the tree is on %s", st.Addr, servers[other].addr)
+	}
+
+	servers[other].stop()
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		_, err := who(tr)
+		if err != nil && strings.Contains(err.Error(), a.addr+": ") && strings.Contains(err.Error(), b.addr+": ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("with both servers gone: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// One comes back: the tree finds it.
+	servers[first].start()
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		got, err := who(tr)
+		if err == nil && got == first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not back on %s: %q, %v", first, got, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if tr := New("tcp", a.addr+",", Options{}); tr.invalid == nil {
+		t.Error("an empty address in the list was accepted")
 	}
 }
