@@ -34,7 +34,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"up", "up [-dir DIR] [-groups N] [-port P]", upCmd},
+		{"up", "up [-dir DIR] [-groups N] [-port P] [-store s3://BUCKET/PREFIX?endpoint=HOST:PORT]", upCmd},
 		{"serve", "serve cloud|appedge|edge|store [flags]", serve},
 		{"keygen", "keygen -keys DIR [-groups N] [-clients A,B] [-rotate PURPOSE] [-retire PURPOSE:ID] [-list]", keygen},
 		{"mount", "mount -edge ADDR -key FILE [-threshold1 5] [-threshold2 51200] MOUNTPOINT", mountCmd},

@@ -159,6 +159,7 @@ func serveEdge(ctx context.Context, args []string) error {
 	maxUpload := f.fl.Int64("max-upload-mib", web.DefaultMaxUpload>>20, "cap of one upload through the web page, in MiB")
 	threshold1 := f.fl.Int("threshold1", web.DefaultThreshold1, "the page downloads an app invoked more than this many times")
 	threshold2 := f.fl.Int64("threshold2", web.DefaultThreshold2, "link speed in `bytes/s` below which the page runs a held copy")
+	storeURL := f.fl.String("store", "", "`URL` of an object store for /store instead of -data's disk: s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R&secure=false (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the AWS credentials file); the edges of a group share one")
 	log, ring, err := f.parse(args)
 	if err != nil {
 		return err
@@ -176,6 +177,7 @@ func serveEdge(ctx context.Context, args []string) error {
 			Wrap: ring.Listen(name, keyring.MethodClient, keyring.EdgePeers, log.With("unit", "link"))},
 		Parent:      tier.Parent{Name: "appedge/" + *group, Addr: *parent, Dial: ring.Dial(name, keyring.LinkA(*group)), Timeout: *timeout},
 		Data:        *f.data,
+		Store:       *storeURL,
 		CallTimeout: *f.callTimeout, Log: log,
 	})
 	if err != nil {

@@ -21,6 +21,7 @@ func upCmd(ctx context.Context, args []string) error {
 	level := fl.String("log-level", "info", "log `level`: debug, info, warn, error")
 	callTimeout := fl.Duration("call-timeout", tier.DefaultCallTimeout, "budget of an invocation")
 	refresh := fl.Duration("refresh", tier.DefaultRefresh, "how often app edges check their replicas against the cloud")
+	storeURL := fl.String("store", "", "`URL` of an object store for the edges' stores instead of the disk: s3://BUCKET/PREFIX?endpoint=HOST:PORT (group gN under PREFIX/gN)")
 	lim := appLimitFlags(fl)
 	if err := fl.Parse(args); err != nil {
 		return err
@@ -33,7 +34,7 @@ func upCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	h, err := up.Start(ctx, up.Config{Dir: *dir, Groups: *groups, Port: *port, CallTimeout: *callTimeout, Refresh: *refresh, Limits: *lim, Log: log})
+	h, err := up.Start(ctx, up.Config{Dir: *dir, Groups: *groups, Port: *port, CallTimeout: *callTimeout, Refresh: *refresh, Limits: *lim, Store: *storeURL, Log: log})
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"strata/fs"
+	"strata/fs/objstore"
 	"strata/fs/store"
 	"strata/tiers/tier"
 	"strata/tiers/web"
@@ -19,10 +20,39 @@ type Config struct {
 	Name   string // "edge/g1"
 	Ports  tier.Ports
 	Parent tier.Parent
-	// Data holds store/, one directory per client.
-	Data        string
+	// Data holds store/, one directory per client, on the local disk;
+	// with an object store, the staging of writes.
+	Data string
+	// Store, if not empty, is the URL of an object store that holds the
+	// store instead (s3://BUCKET/PREFIX?endpoint=HOST:PORT, see
+	// objstore.ParseURL): the edges of a group given one URL serve the
+	// same files.
+	Store       string
 	CallTimeout time.Duration
 	Log         *slog.Logger
+}
+
+// openStore opens the edge's store: the local disk's, or an object
+// store's. close releases it.
+func openStore(ctx context.Context, cfg Config, log *slog.Logger) (root fs.Dir, close func(), err error) {
+	if cfg.Store == "" {
+		st, err := store.Open(filepath.Join(cfg.Data, "store"), log)
+		if err != nil {
+			return nil, nil, err
+		}
+		return st.Root(), func() { st.Close() }, nil
+	}
+	ocfg, err := objstore.ParseURL(cfg.Store)
+	if err != nil {
+		return nil, nil, err
+	}
+	ocfg.StagingDir = filepath.Join(cfg.Data, "staging")
+	ocfg.Log = log
+	st, err := objstore.Open(ctx, ocfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st.Root(), func() { st.Close() }, nil
 }
 
 // Start opens the store, mounts the parent and serves. Each client sees
@@ -34,16 +64,16 @@ func Start(ctx context.Context, cfg Config) (*tier.Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("tier", cfg.Name)
-	st, err := store.Open(filepath.Join(cfg.Data, "store"), log.With("unit", "store"))
+	root, closeStore, err := openStore(ctx, cfg, log.With("unit", "store"))
 	if err != nil {
 		return nil, fmt.Errorf("%s: opening the store: %w", cfg.Name, err)
 	}
 	parent := cfg.Parent.Mount(log.With("unit", "parent"))
 	return tier.Launch(ctx, tier.Config{
 		Role: tier.Edge, Name: cfg.Name, Parent: parent, ParentName: cfg.Parent.Name,
-		Store:       func(ctx context.Context, peer string) (fs.Dir, error) { return clientStore(ctx, st.Root(), peer) },
+		Store:       func(ctx context.Context, peer string) (fs.Dir, error) { return clientStore(ctx, root, peer) },
 		CallTimeout: cfg.CallTimeout, Log: log,
-	}, cfg.Ports, func() { st.Close() }, func() { parent.Close() })
+	}, cfg.Ports, closeStore, func() { parent.Close() })
 }
 
 // clientStore is the directory of the store that peer sees, made on first

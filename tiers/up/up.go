@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -66,7 +68,25 @@ type Config struct {
 	Threshold2 int64
 	// MaxUpload caps an upload through the web page (default if zero).
 	MaxUpload int64
-	Log       *slog.Logger
+	// Store, if not empty, is the URL of an object store (see
+	// objstore.ParseURL) for the edges' stores instead of the disk: group
+	// gN's edge keeps its store under the URL's prefix /gN.
+	Store string
+	Log   *slog.Logger
+}
+
+// groupStore is the store URL of group g's edge: raw with g added to its
+// prefix.
+func groupStore(raw, g string) (string, error) {
+	if raw == "" {
+		return "", nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("the store URL %q: %w", raw, err)
+	}
+	u.Path = path.Join("/", u.Path, g)
+	return u.String(), nil
 }
 
 // Entry is one tier in up.json.
@@ -247,6 +267,10 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 		}
 		h.add(ae)
 		grp.AppEdge = ae
+		gs, err := groupStore(cfg.Store, g)
+		if err != nil {
+			return h, err
+		}
 		ed, err := edge.Start(ctx, edge.Config{
 			Name: en,
 			Ports: tier.Ports{
@@ -255,6 +279,7 @@ func Start(ctx context.Context, cfg Config) (h *Hierarchy, err error) {
 			},
 			Parent:      tier.Parent{Name: an, Addr: ae.Addr(), Dial: ring.Dial(en, keyring.LinkA(g)), Timeout: cfg.Timeout},
 			Data:        filepath.Join(cfg.Dir, g, "edge"),
+			Store:       gs,
 			CallTimeout: cfg.CallTimeout, Log: log,
 		})
 		if err != nil {
