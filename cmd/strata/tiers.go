@@ -93,14 +93,21 @@ func runServer(ctx context.Context, s *tier.Server, grace time.Duration) error {
 func serveCloud(ctx context.Context, args []string) error {
 	f := newTierFlags("serve cloud", "127.0.0.1:5640", "127.0.0.1:5641")
 	lim := appLimitFlags(f.fl)
+	store := f.fl.String("store", "", "`URL` of an object store for the apps instead of -data's disk: s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R&secure=false (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the AWS credentials file); cloud nodes given one URL serve the same apps")
+	backupStore := f.fl.String("backup-store", "", "`URL` of the apps' backup copy with -store (default: the same bucket, PREFIX-backup)")
+	refresh := f.fl.Duration("refresh", 0, fmt.Sprintf("with -store, how often the apps' manifest is checked for other nodes' deploys (default %v)", cloud.DefaultRefresh))
 	log, ring, err := f.parse(args)
 	if err != nil {
 		return err
 	}
+	if *backupStore != "" && *store == "" {
+		return fmt.Errorf("serve cloud: -backup-store goes with -store")
+	}
 	s, err := cloud.Start(ctx, cloud.Config{
 		Ports: tier.Ports{Listen: *f.listen, Local: *f.local, PublicLocal: *f.publicLocal,
 			Wrap: ring.Listen("cloud", keyring.MethodB, keyring.CloudPeers, log.With("unit", "link"))},
-		Data: *f.data, Limits: *lim, CallTimeout: *f.callTimeout, Log: log,
+		Data: *f.data, Store: *store, BackupStore: *backupStore, Refresh: *refresh,
+		Limits: *lim, CallTimeout: *f.callTimeout, Log: log,
 	})
 	if err != nil {
 		return err

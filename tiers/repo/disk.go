@@ -1,8 +1,7 @@
 package repo
 
 import (
-	"bytes"
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,99 +10,18 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
-	"strata/fs"
 	"strata/fs/flock"
 )
 
-// manifestFormat is the version of the manifest's layout.
-const manifestFormat = 1
-
-// record is an app as the manifest holds it.
-type record struct {
-	ID       string    `json:"id"`
-	Hash     string    `json:"hash"`
-	Size     int64     `json:"size"`
-	Version  uint64    `json:"version"`
-	Deployed time.Time `json:"deployed"`
-	Pinned   bool      `json:"pinned"`
-}
-
-func (rec record) app() App {
-	return App{ID: rec.ID, Hash: rec.Hash, Size: rec.Size, Version: rec.Version, Deployed: rec.Deployed, Pinned: rec.Pinned}
-}
-
-func (rec record) withModule(mod []byte) App {
-	a := rec.app()
-	a.Module = mod
-	return a
-}
-
-// manifest is the content of manifest.json.
-type manifest struct {
-	Format  int               `json:"format"`
-	Apps    []record          `json:"apps"`
-	Removed map[string]uint64 `json:"removed,omitempty"`
-}
-
-func (m manifest) encode() []byte {
-	if m.Apps == nil {
-		m.Apps = []record{}
-	}
-	if len(m.Removed) == 0 {
-		m.Removed = nil
-	}
-	b, err := json.MarshalIndent(m, "", "\t")
-	if err != nil {
-		panic(err) // no field can fail to encode
-	}
-	return append(b, '\n')
-}
-
-func decodeManifest(b []byte) (manifest, error) {
-	var m manifest
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&m); err != nil {
-		return manifest{}, err
-	}
-	if m.Format != manifestFormat {
-		return manifest{}, fmt.Errorf("format %d, want %d", m.Format, manifestFormat)
-	}
-	seen := map[string]bool{}
-	for _, rec := range m.Apps {
-		switch {
-		case !okID(rec.ID):
-			return manifest{}, fmt.Errorf("bad app ID %.72q", rec.ID)
-		case seen[rec.ID]:
-			return manifest{}, fmt.Errorf("app %s twice", rec.ID)
-		case !validHash(rec.Hash) || strings.ToLower(rec.Hash) != rec.Hash:
-			return manifest{}, fmt.Errorf("app %s: bad hash %.80q", rec.ID, rec.Hash)
-		case rec.Size <= 0:
-			return manifest{}, fmt.Errorf("app %s: bad size %d", rec.ID, rec.Size)
-		case rec.Version == 0:
-			return manifest{}, fmt.Errorf("app %s: version 0", rec.ID)
-		}
-		seen[rec.ID] = true
-	}
-	for id := range m.Removed {
-		if !okID(id) {
-			return manifest{}, fmt.Errorf("bad removed app ID %.72q", id)
-		}
-	}
-	if m.Removed == nil {
-		m.Removed = map[string]uint64{}
-	}
-	return m, nil
-}
-
-// side is one directory of the repo: the primary or the backup.
-type side struct {
+// dirSide is a side in a local directory: dir/<id>.wasm and
+// dir/manifest.json, each written as a temporary file, fsynced and renamed
+// into place, the directory fsynced after. The directory is flocked while
+// the side is open: one Repo at a time.
+type dirSide struct {
 	name string // "primary" or "backup"
 	dir  string
 	root *os.Root
@@ -111,9 +29,9 @@ type side struct {
 	log  *slog.Logger
 }
 
-// openSide opens dir, creating it if missing, locks it and removes the
+// openDirSide opens dir, creating it if missing, locks it and removes the
 // temporary files left in it.
-func openSide(name, dir string, log *slog.Logger) (*side, error) {
+func openDirSide(name, dir string, log *slog.Logger) (*dirSide, error) {
 	if err := makeDir(dir); err != nil {
 		return nil, err
 	}
@@ -131,12 +49,17 @@ func openSide(name, dir string, log *slog.Logger) (*side, error) {
 		root.Close()
 		return nil, err
 	}
-	s := &side{name: name, dir: dir, root: root, dirf: dirf, log: log}
+	s := &dirSide{name: name, dir: dir, root: root, dirf: dirf, log: log}
 	s.sweep()
 	return s, nil
 }
 
-func (s *side) close() error {
+func (s *dirSide) role() string                 { return s.name }
+func (s *dirSide) where() string                { return s.dir }
+func (s *dirSide) shared() bool                 { return false }
+func (s *dirSide) moduleName(rec record) string { return moduleName(rec.ID) }
+
+func (s *dirSide) close() error {
 	err := s.dirf.Close()
 	if rerr := s.root.Close(); err == nil {
 		err = rerr
@@ -169,7 +92,7 @@ func makeDir(dir string) error {
 }
 
 // names lists the regular files of the directory.
-func (s *side) names() ([]string, error) {
+func (s *dirSide) names() ([]string, error) {
 	ents, err := iofs.ReadDir(s.root.FS(), ".")
 	if err != nil {
 		return nil, err
@@ -183,23 +106,23 @@ func (s *side) names() ([]string, error) {
 	return out, nil
 }
 
-// modules lists the IDs that have a module file.
-func (s *side) modules() ([]string, error) {
+// modules lists the module files: <id>.wasm for a valid ID.
+func (s *dirSide) modules(context.Context) ([]stored, error) {
 	names, err := s.names()
 	if err != nil {
 		return nil, err
 	}
-	var ids []string
+	var out []stored
 	for _, n := range names {
 		if id, ok := strings.CutSuffix(n, ".wasm"); ok && okID(id) {
-			ids = append(ids, id)
+			out = append(out, stored{name: n})
 		}
 	}
-	return ids, nil
+	return out, nil
 }
 
 // sweep removes the temporary files that a crash left.
-func (s *side) sweep() {
+func (s *dirSide) sweep() {
 	names, err := s.names()
 	if err != nil {
 		s.log.Warn("repo: sweep", "side", s.name, "dir", s.dir, "err", err)
@@ -226,7 +149,7 @@ func (s *side) sweep() {
 
 // writeTemp writes data to a new temporary file, fsynced, and returns its
 // name.
-func (s *side) writeTemp(data []byte) (string, error) {
+func (s *dirSide) writeTemp(data []byte) (string, error) {
 	var (
 		name string
 		f    *os.File
@@ -257,7 +180,7 @@ func (s *side) writeTemp(data []byte) (string, error) {
 }
 
 // dropTemp removes the temporary file *tmp names, if any.
-func (s *side) dropTemp(tmp *string) {
+func (s *dirSide) dropTemp(tmp *string) {
 	if *tmp == "" {
 		return
 	}
@@ -269,15 +192,39 @@ func (s *side) dropTemp(tmp *string) {
 
 // install renames the temporary file tmp over name and fsyncs the
 // directory.
-func (s *side) install(tmp, name string) error {
+func (s *dirSide) install(tmp, name string) error {
 	if err := s.root.Rename(tmp, name); err != nil {
 		return err
 	}
 	return s.dirf.Sync()
 }
 
+// dirStaged is a module written to a temporary file.
+type dirStaged struct {
+	s         *dirSide
+	tmp, name string // tmp is "" once installed or discarded
+}
+
+func (s *dirSide) stage(_ context.Context, name string, data []byte) (staged, error) {
+	tmp, err := s.writeTemp(data)
+	if err != nil {
+		return nil, err
+	}
+	return &dirStaged{s: s, tmp: tmp, name: name}, nil
+}
+
+func (d *dirStaged) install(context.Context) error {
+	if err := d.s.install(d.tmp, d.name); err != nil {
+		return err
+	}
+	d.tmp = ""
+	return nil
+}
+
+func (d *dirStaged) discard() { d.s.dropTemp(&d.tmp) }
+
 // remove removes name, if present, and fsyncs the directory.
-func (s *side) remove(name string) error {
+func (s *dirSide) remove(_ context.Context, name string) error {
 	err := s.root.Remove(name)
 	if errors.Is(err, iofs.ErrNotExist) {
 		return nil
@@ -289,47 +236,45 @@ func (s *side) remove(name string) error {
 }
 
 // writeManifest replaces the manifest with m.
-func (s *side) writeManifest(m manifest) error {
+func (s *dirSide) writeManifest(_ context.Context, m manifest, _ string) (string, error) {
 	tmp, err := s.writeTemp(m.encode())
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := s.install(tmp, ManifestName); err != nil {
 		s.dropTemp(&tmp)
-		return err
+		return "", err
 	}
-	return nil
+	return "", nil
 }
 
-// errNoManifest says the manifest file is absent.
-var errNoManifest = errors.New("no manifest")
-
-// readManifest reads the manifest and its bytes. A missing one is
-// errNoManifest.
-func (s *side) readManifest() (manifest, []byte, error) {
+// readManifest reads the manifest and its bytes.
+func (s *dirSide) readManifest(context.Context) (manifest, []byte, string, error) {
 	b, err := s.root.ReadFile(ManifestName)
 	if errors.Is(err, iofs.ErrNotExist) {
-		return manifest{}, nil, errNoManifest
+		return manifest{}, nil, "", errNoManifest
 	}
 	if err != nil {
-		return manifest{}, nil, err
+		return manifest{}, nil, "", err
 	}
 	m, err := decodeManifest(b)
 	if err != nil {
-		return manifest{}, b, fmt.Errorf("%s: %w", ManifestName, err)
+		return manifest{}, b, "", fmt.Errorf("%s: %w: %w", ManifestName, errBadManifest, err)
 	}
-	return m, b, nil
+	return m, b, "", nil
 }
 
-// statKey identifies a version of a file's content cheaply: a file written
-// or replaced has another key (within timestamp granularity).
-type statKey struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime int64
+func (s *dirSide) manifestTag(context.Context) (string, error) {
+	if _, err := s.root.Stat(ManifestName); err != nil {
+		if errors.Is(err, iofs.ErrNotExist) {
+			return "", errNoManifest
+		}
+		return "", err
+	}
+	return "", nil
 }
 
-func (s *side) statKey(name string) (statKey, error) {
+func (s *dirSide) statKey(_ context.Context, name string) (statKey, error) {
 	fi, err := s.root.Stat(name)
 	if err != nil {
 		return statKey{}, err
@@ -337,12 +282,10 @@ func (s *side) statKey(name string) (statKey, error) {
 	return keyOf(fi), nil
 }
 
-var errMissing = errors.New("missing")
-
-// read reads the module of rec from s and checks its size and hash. The
-// key identifies the file read, or is zero if the file changed while it
-// was read.
-func (s *side) read(rec record) ([]byte, statKey, error) {
+// read reads the module of rec and checks its size and hash. The key
+// identifies the file read, or is zero if the file changed while it was
+// read.
+func (s *dirSide) read(_ context.Context, rec record) ([]byte, statKey, error) {
 	f, err := s.root.OpenFile(moduleName(rec.ID), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, iofs.ErrNotExist) {
 		return nil, statKey{}, errMissing
@@ -373,139 +316,4 @@ func (s *side) read(rec record) ([]byte, statKey, error) {
 		key = statKey{}
 	}
 	return mod, key, nil
-}
-
-// load reads the manifests, restores a lost primary manifest from the
-// backup's, removes module files no record names, and brings the backup up
-// to date. It runs in Open, before anyone else has r.
-func (r *Repo) load() error {
-	m, _, perr := r.pri.readManifest()
-	var (
-		bm    manifest
-		braw  []byte
-		berr  = errNoManifest
-		fresh bool
-	)
-	if r.bak != nil {
-		bm, braw, berr = r.bak.readManifest()
-	}
-	switch {
-	case perr == nil:
-	case berr == nil:
-		r.log.Warn("repo: primary manifest lost; restored from the backup", "dir", r.pri.dir, "err", perr, "apps", len(bm.Apps))
-		m = bm
-		if err := r.pri.writeManifest(m); err != nil {
-			return err
-		}
-	case errors.Is(perr, errNoManifest):
-		// The manifest is written when the directory is first opened, so
-		// module files without one mean it was lost: refuse rather than
-		// guess versions, or remove what may be the last copy.
-		for _, s := range []*side{r.pri, r.bak} {
-			if s == nil {
-				continue
-			}
-			ids, err := s.modules()
-			if err != nil {
-				return err
-			}
-			if len(ids) > 0 {
-				return &fs.Error{Kind: fs.IO, Err: fmt.Errorf("no usable %s, but the %s directory %s holds %d module files; restore the manifest or remove the module files", ManifestName, s.name, s.dir, len(ids))}
-			}
-		}
-		m = manifest{Format: manifestFormat, Removed: map[string]uint64{}}
-		fresh = true
-		if err := r.pri.writeManifest(m); err != nil {
-			return err
-		}
-	default:
-		return &fs.Error{Kind: fs.IO, Err: fmt.Errorf("%w; no backup manifest to restore it from", perr)}
-	}
-
-	// State in memory; recency follows deploy order.
-	recs := slices.Clone(m.Apps)
-	slices.SortFunc(recs, func(a, b record) int { return a.Deployed.Compare(b.Deployed) })
-	for _, rec := range recs {
-		r.tick++
-		r.apps[rec.ID] = &entry{rec: rec, used: r.tick}
-	}
-	r.removed = m.Removed
-
-	if !fresh {
-		r.removeOrphans(r.pri)
-	}
-	if r.bak != nil {
-		if berr != nil && !errors.Is(berr, errNoManifest) {
-			r.log.Warn("repo: backup manifest unreadable; rewriting it", "dir", r.bak.dir, "err", berr)
-		}
-		r.syncBackup(m, bm, braw, berr == nil)
-	}
-	return nil
-}
-
-// removeOrphans removes the module files in s that no record names.
-func (r *Repo) removeOrphans(s *side) int {
-	ids, err := s.modules()
-	if err != nil {
-		r.log.Warn("repo: listing modules", "side", s.name, "dir", s.dir, "err", err)
-		return 0
-	}
-	n := 0
-	for _, id := range ids {
-		if _, ok := r.apps[id]; ok {
-			continue
-		}
-		if err := s.remove(moduleName(id)); err != nil {
-			r.log.Warn("repo: removing an orphaned module", "side", s.name, "app", id, "err", err)
-			continue
-		}
-		r.log.Info("repo: removed an orphaned module", "side", s.name, "app", id)
-		n++
-	}
-	return n
-}
-
-// syncBackup brings the backup up to date with the primary manifest m:
-// every module whose backup record differs or whose file is missing or of
-// the wrong size is copied from the (verified) primary, and the backup
-// manifest is rewritten if it differs. bm is the backup manifest, if ok.
-func (r *Repo) syncBackup(m, bm manifest, braw []byte, ok bool) {
-	have := map[string]record{}
-	if ok {
-		for _, rec := range bm.Apps {
-			have[rec.ID] = rec
-		}
-	}
-	copied := 0
-	for _, rec := range m.Apps {
-		if b, found := have[rec.ID]; found && b.Hash == rec.Hash {
-			if key, err := r.bak.statKey(moduleName(rec.ID)); err == nil && key.size == rec.Size {
-				continue
-			}
-		}
-		if _, _, err := r.bak.read(rec); err == nil {
-			continue // renamed into place before a crash
-		}
-		mod, _, err := r.pri.read(rec)
-		if err != nil {
-			r.log.Error("repo: backup copy out of date and the primary unreadable", "app", rec.ID, "version", rec.Version, "err", err)
-			continue
-		}
-		if err := r.restore(r.bak, rec, mod); err != nil {
-			r.log.Error("repo: refreshing the backup copy", "app", rec.ID, "err", err)
-			continue
-		}
-		copied++
-	}
-	removed := r.removeOrphans(r.bak)
-	want := m.encode()
-	if copied > 0 || removed > 0 || !bytes.Equal(want, braw) {
-		if err := r.bak.writeManifest(m); err != nil {
-			r.log.Error("repo: writing the backup manifest", "dir", r.bak.dir, "err", err)
-			return
-		}
-		if copied > 0 || removed > 0 || ok {
-			r.log.Info("repo: backup brought up to date", "dir", r.bak.dir, "copied", copied, "removed", removed)
-		}
-	}
 }

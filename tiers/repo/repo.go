@@ -1,8 +1,12 @@
 // Package repo is the durable, content-hashed store of app modules (the
 // WebAssembly bytes of each app). The cloud keeps every app in one (the
-// application unit) with a backup copy in a second directory (the first
-// replica unit); the app edge keeps a capped replica set in one, without a
-// backup (the second replica unit).
+// application unit) with a backup copy in a second directory or object
+// store prefix (the first replica unit); the app edge keeps a capped
+// replica set in one, without a backup (the second replica unit).
+//
+// Each copy, primary or backup, is a side (side.go): a local directory
+// ([Open]) or a prefix of an S3 bucket ([OpenURL]). The Repo does the same
+// things on both, in the same order; what differs is said below.
 //
 // # On disk
 //
@@ -56,6 +60,84 @@
 // apps fit the cap. Pinned apps are never evicted and do not count against
 // the cap. Pin state is durable; recency is kept in memory only, and after
 // a restart it starts from the order of deploy times.
+//
+// # On an object store
+//
+//	PREFIX/manifest.json                   the manifest, as on disk, with Seq
+//	                                       (one more at each commit) and each
+//	                                       app's module object name
+//	PREFIX/modules/HASH-UPLOAD.wasm        a module: its SHA-256 and a random
+//	                                       name of its upload
+//	BACKUP/...                             the backup, under the same names
+//
+// Any number of Repos, in one process or on many machines (cloud nodes),
+// may open one URL and serve the same apps. A module object is named per
+// upload and never written with other bytes (a repair rewrites the same
+// ones), and uploads are atomic (PutObject), so nothing is staged.
+//
+// [Repo.Put] uploads the module to both prefixes under a new name (before
+// the writer lock), takes the lock, checks the manifest's ETag and reads
+// it again if another repo changed it, computes the new record (version:
+// one more than the latest), and writes the manifest with If-Match on the
+// ETag it read (If-None-Match: * for the first): the commit point. If
+// another repo committed meanwhile, the server refuses the write
+// (412); Put reads the manifest again, computes the record again (so the
+// version follows the other deploy's) and retries, up to 16 times. So
+// concurrent deploys at several repos are all kept, each with a version
+// of its own. Then it deletes the replaced version's module objects in
+// both prefixes and writes the backup manifest, also conditionally, and
+// only forward: a backup manifest with a larger Seq is left as it is.
+// Remove and Pin commit the same way. Deploying the same bytes again keeps
+// the version and deploy time and moves the record to the new upload,
+// which rewrites both copies. This needs a server that honours If-Match
+// and If-None-Match on PutObject (AWS S3 does, and Versity Gateway, which
+// the tests run); one that ignores them would let one of two concurrent
+// deploys be lost.
+//
+// Each Repo holds the manifest in memory and reads it again when its
+// ETag changed: every [Options.Refresh] ([DefaultRefresh], 2 s), at a
+// request (Get, Stat) for an app it does not hold (concurrent requests
+// share one check), before each change, and when a module it reads is
+// missing. So a deploy acknowledged at one repo is served by every other
+// at its next request for an app it did not hold; a new version of an app
+// it holds, a removal, and the listing follow within Refresh plus one
+// check (a HEAD, and a GET if changed). Until then a repo serves the
+// version it last read; if the other repo has already deleted that
+// version's module, the read finds it missing, reads the manifest again
+// and serves the new version (not taken for corruption). A corrupt or
+// missing module of the current version is served from the backup and
+// repaired, as on disk. Cached modules are served without a request to
+// the store (their name is their content); corruption in the bucket after
+// a module was cached is noticed as on disk: out of the cache, on reopen,
+// or by Scrub. [Options.Arrived] is told of the apps deployed elsewhere,
+// when they are read (the cloud compiles them).
+//
+// What is not atomic, and what a crash at each step leaves:
+//   - Put, before the commit: the uploads are objects no record names. The
+//     deploy was not acknowledged; the old version serves. Open (of any
+//     repo) removes module objects that no record names once they are
+//     [OrphanGrace] (1 h) old, by the store's LastModified against the
+//     local clock: younger ones may be the uploads of a deploy in progress
+//     elsewhere. A Put that takes more than 10 minutes from its upload to
+//     its commit fails, so no commit names an object that old.
+//   - Put or Remove, after the commit and before the deletes: the replaced
+//     or removed version's objects stay, unnamed, until such an Open.
+//   - Put, Remove or Pin, after the commit and before the backup manifest:
+//     the backup manifest is behind (its modules are there: they were
+//     uploaded before the commit). The next commit at any repo, or the
+//     next Open, brings it forward; a primary manifest lost meanwhile is
+//     restored from the newer (by Seq) of the backup's and a repo's state
+//     in memory.
+//   - A commit whose answer is lost: the client library sends it again,
+//     the server refuses that (the ETag moved), and the manifest read
+//     again holds the Put's own record, so the Put is done. If no answer
+//     comes at all, the Put fails but keeps its uploads (the commit may
+//     have happened); the next check of the manifest finds out.
+//   - The primary and the backup are separate writes, never one atomic
+//     change; each object written is whole or absent.
+//   - Restoring a lost or unreadable primary manifest is conditional too
+//     (If-None-Match, or If-Match on the unreadable one): of repos doing
+//     it at once, one writes and the others read what it wrote.
 package repo
 
 import (
@@ -66,10 +148,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"strata/fs"
@@ -79,7 +163,7 @@ import (
 const TempPrefix = ".tmp-"
 
 // ManifestName is the name of the manifest in the primary and backup
-// directories.
+// directories (and prefixes).
 const ManifestName = "manifest.json"
 
 // MaxIDLen is the longest app ID.
@@ -89,10 +173,32 @@ const MaxIDLen = 64
 // Options.CacheBytes is zero.
 const DefaultCacheBytes = 64 << 20
 
+// DefaultRefresh is how often a repo on an object store checks whether
+// the manifest changed, when Options.Refresh is zero.
+const DefaultRefresh = 2 * time.Second
+
+// Bounds of a repo on an object store (see the package documentation).
+const (
+	// OrphanGrace is how old a module object that no record names must
+	// be before Open removes it: younger, it may be the upload of a
+	// deploy in progress elsewhere.
+	OrphanGrace = time.Hour
+	// maxStaged is the longest a deploy may take from its upload to its
+	// commit; past it the deploy fails (so that no commit ever names an
+	// object older than OrphanGrace).
+	maxStaged = 10 * time.Minute
+	// missTimeout bounds the manifest check that a request for an app not
+	// held makes when it has no deadline of its own (Stat).
+	missTimeout = 3 * time.Second
+	// maxCommitTries bounds the commits in a row that find the manifest
+	// changed by another repo.
+	maxCommitTries = 16
+)
+
 // Options configure a Repo.
 type Options struct {
-	// Backup is the directory of the backup replica; "" means no backup.
-	// It must differ from the primary directory.
+	// Backup is the backup replica: a directory for Open, a store URL
+	// for OpenURL; "" means no backup. It must differ from the primary.
 	Backup string
 	// CapBytes caps the total size of the unpinned apps; 0 means no cap.
 	CapBytes int64
@@ -100,6 +206,16 @@ type Options struct {
 	// recently used apps. 0 means DefaultCacheBytes, or CapBytes when that
 	// is set and smaller; a negative value turns the cache off.
 	CacheBytes int64
+	// Refresh is how often a repo on an object store checks (by its ETag)
+	// whether another repo changed the manifest: DefaultRefresh if zero;
+	// negative, never on a timer (only on a request for an app it does
+	// not hold, and before each change). A directory ignores it.
+	Refresh time.Duration
+	// Arrived, if not nil, is told of the apps that reading the manifest
+	// again brought in new or changed: deployed by another repo on the
+	// same object store. It is called with the writer lock held: it must
+	// not block or call the Repo (hand the apps to a goroutine).
+	Arrived func([]App)
 	// Log receives the repo's log; nil discards it.
 	Log *slog.Logger
 }
@@ -121,19 +237,33 @@ type App struct {
 type Repo struct {
 	log      *slog.Logger
 	capBytes int64
-	pri      *side
-	bak      *side // nil without a backup
+	arrived  func([]App)
+	pri      side
+	bak      side // nil without a backup
+	shared   bool // on an object store, which other repos may share
 
 	// wmu is the writer lock, a channel so that a context can end the
-	// wait. It is held while module files are renamed or removed and
-	// manifests written, and by a read that found a module not matching
-	// its record (so that it never mistakes a deploy in progress for
-	// corruption).
+	// wait. It is held while modules are installed or removed and
+	// manifests written or read again, and by a read that found a module
+	// not matching its record (so that it never mistakes a deploy in
+	// progress for corruption).
 	wmu chan struct{}
+
+	// Guarded by the writer lock (on an object store):
+	tag       string // the primary manifest's ETag that the state in memory is
+	btag      string // the backup manifest's ETag as last read or written ("": none)
+	bseq      uint64 // and its Seq
+	refreshed uint64 // the number of the latest refresh completed
+
+	refreshes atomic.Uint64 // refreshes started
+	bg        context.Context
+	stopBg    context.CancelFunc
+	polling   sync.WaitGroup
 
 	mu      sync.Mutex // guards the fields below
 	apps    map[string]*entry
 	removed map[string]uint64 // last version of each removed ID
+	seq     uint64            // the Seq of the manifest the state is
 	tick    uint64            // recency clock
 	cache   cache
 	closed  bool
@@ -149,6 +279,7 @@ var (
 	errClosed   = errors.New("repo closed")
 	errEmpty    = errors.New("empty module")
 	errSameDirs = errors.New("the backup directory is the primary directory")
+	errSameURLs = errors.New("the backup is the primary: give it another bucket or prefix")
 )
 
 // Open opens the repo in dir, and the backup in opts.Backup if set,
@@ -157,13 +288,6 @@ var (
 // orphaned files, and brings the backup up to date with the primary.
 func Open(dir string, opts Options) (*Repo, error) {
 	const op = "open repo"
-	log := opts.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if opts.CapBytes < 0 {
-		return nil, &fs.Error{Op: op, Path: dir, Kind: fs.Invalid, Err: errors.New("negative CapBytes")}
-	}
 	if opts.Backup != "" {
 		a, aerr := filepath.Abs(dir)
 		b, berr := filepath.Abs(opts.Backup)
@@ -171,29 +295,141 @@ func Open(dir string, opts Options) (*Repo, error) {
 			return nil, &fs.Error{Op: op, Path: dir, Kind: fs.Invalid, Err: errSameDirs}
 		}
 	}
+	r, err := newRepo(op, dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	pri, err := openDirSide("primary", dir, r.log)
+	if err != nil {
+		r.stopBg()
+		return nil, fail(op, dir, err)
+	}
+	var bak side
+	if opts.Backup != "" {
+		b, err := openDirSide("backup", opts.Backup, r.log)
+		if err != nil {
+			pri.close()
+			r.stopBg()
+			return nil, fail(op, opts.Backup, err)
+		}
+		bak = b
+	}
+	return r.start(context.Background(), op, pri, bak, opts)
+}
+
+// OpenURL opens the repo kept in an object store at the store URL
+// s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R&secure=false, with the
+// backup at opts.Backup (another URL of that form) if set. Credentials
+// come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the AWS
+// credentials file, as for package objstore. Any number of Repos, in
+// this process or others, may open the same URLs at once: each serves
+// what the others deploy (see the package documentation). ctx bounds the
+// opening only.
+func OpenURL(ctx context.Context, rawURL string, opts Options) (*Repo, error) {
+	const op = "open repo"
+	_, ploc, err := parseObjURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Backup != "" {
+		_, bloc, err := parseObjURL(opts.Backup)
+		if err != nil {
+			return nil, err
+		}
+		if bloc == ploc {
+			return nil, &fs.Error{Op: op, Path: opts.Backup, Kind: fs.Invalid, Err: errSameURLs}
+		}
+	}
+	r, err := newRepo(op, rawURL, opts)
+	if err != nil {
+		return nil, err
+	}
+	pri, err := openObjSide(ctx, "primary", rawURL, r.log)
+	if err != nil {
+		r.stopBg()
+		return nil, err
+	}
+	var bak side
+	if opts.Backup != "" {
+		if bak, err = openObjSide(ctx, "backup", opts.Backup, r.log); err != nil {
+			r.stopBg()
+			return nil, err
+		}
+	}
+	return r.start(ctx, op, pri, bak, opts)
+}
+
+// DefaultBackupURL is the backup of the repo at the store URL raw when
+// none is given: the same bucket and endpoint, the prefix with "-backup"
+// added (or "backup" for a whole bucket).
+func DefaultBackupURL(raw string) (string, error) {
+	_, loc, err := parseObjURL(raw)
+	if err != nil {
+		return "", err
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	p := "backup"
+	if loc.prefix != "" {
+		p = loc.prefix + "-backup"
+	}
+	u.Path, u.RawPath = "/"+p, ""
+	b := u.String()
+	if _, _, err := parseObjURL(b); err != nil {
+		return "", err
+	}
+	return b, nil
+}
+
+func newRepo(op, where string, opts Options) (*Repo, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.CapBytes < 0 {
+		return nil, &fs.Error{Op: op, Path: where, Kind: fs.Invalid, Err: errors.New("negative CapBytes")}
+	}
 	r := &Repo{
 		log:      log,
 		capBytes: opts.CapBytes,
+		arrived:  opts.Arrived,
 		wmu:      make(chan struct{}, 1),
 		apps:     map[string]*entry{},
 		removed:  map[string]uint64{},
 	}
 	r.cache.init(cacheBudget(opts))
-	var err error
-	if r.pri, err = openSide("primary", dir, log); err != nil {
-		return nil, fail(op, dir, err)
-	}
-	if opts.Backup != "" {
-		if r.bak, err = openSide("backup", opts.Backup, log); err != nil {
-			r.pri.close()
-			return nil, fail(op, opts.Backup, err)
-		}
-	}
-	if err := r.load(); err != nil {
+	r.bg, r.stopBg = context.WithCancel(context.Background())
+	return r, nil
+}
+
+// start loads the repo from its sides and, on an object store, starts
+// watching the manifest.
+func (r *Repo) start(ctx context.Context, op string, pri, bak side, opts Options) (*Repo, error) {
+	r.pri, r.bak, r.shared = pri, bak, pri.shared()
+	if err := r.load(ctx); err != nil {
 		r.closeSides()
-		return nil, fail(op, dir, err)
+		r.stopBg()
+		return nil, fail(op, pri.where(), err)
 	}
-	log.Info("repo: open", "dir", dir, "backup", opts.Backup, "apps", len(r.apps))
+	backup := ""
+	if bak != nil {
+		backup = bak.where()
+	}
+	if r.shared {
+		every := opts.Refresh
+		if every == 0 {
+			every = DefaultRefresh
+		}
+		if every > 0 {
+			r.polling.Add(1)
+			go r.poll(every)
+		}
+		r.log.Info("repo: open", "store", pri.where(), "backup", backup, "apps", len(r.apps), "refresh", every)
+	} else {
+		r.log.Info("repo: open", "dir", pri.where(), "backup", backup, "apps", len(r.apps))
+	}
 	return r, nil
 }
 
@@ -221,12 +457,14 @@ func (r *Repo) Close() error {
 	r.closed = true
 	r.cache.clear()
 	r.mu.Unlock()
+	r.stopBg()
+	r.polling.Wait()
 	r.lock(context.Background())
 	defer r.unlock()
 	if err := r.closeSides(); err != nil {
 		return fail(op, "", err)
 	}
-	r.log.Info("repo: closed", "dir", r.pri.dir)
+	r.log.Info("repo: closed", "where", r.pri.where())
 	return nil
 }
 
@@ -252,6 +490,15 @@ func (r *Repo) lock(ctx context.Context) error {
 
 func (r *Repo) unlock() { <-r.wmu }
 
+// opContext is the context of a change that the caller gave none: on an
+// object store, bounded.
+func (r *Repo) opContext() (context.Context, context.CancelFunc) {
+	if r.shared {
+		return context.WithTimeout(context.Background(), 2*objTimeout)
+	}
+	return context.Background(), func() {}
+}
+
 // Put stores module as a new version of app id, creating the app if it is
 // new, and returns the new App without its Module. The version is one more
 // than the current one (or than the last version of a removed app of that
@@ -263,8 +510,9 @@ func (r *Repo) unlock() { <-r.wmu }
 // Put returns once the module and its record are durable in the primary
 // and in the backup (in the order the package documentation gives under
 // Commit order: the primary manifest is the commit point, and the backup
-// follows it so that a crash never leaves both copies ahead of the record). If the backup fails after the commit, the new version
-// is deployed all the same: Put returns the App and an IO error saying the
+// follows it so that a crash never leaves both copies ahead of the
+// record). If the backup fails after the commit, the new version is
+// deployed all the same: Put returns the App and an IO error saying the
 // backup is behind (Open brings it up to date).
 func (r *Repo) Put(ctx context.Context, id string, module []byte) (App, error) {
 	return r.put(ctx, "put app", id, module, 0, "")
@@ -308,79 +556,114 @@ func (r *Repo) put(ctx context.Context, op, id string, module []byte, version ui
 
 	// Write both copies before taking the lock: writers wait only for
 	// each other's renames and manifests, not for each other's data.
-	// Temporary files not installed are removed before the lock is
-	// released, so that Close, which waits for the lock, cannot close the
-	// directories under them.
-	var ptmp, btmp string
+	// What is staged and not put in place is discarded before the lock
+	// is released, so that Close, which waits for the lock, cannot close
+	// the sides under it.
+	var obj string
+	if r.shared {
+		obj = objectName(sum)
+	}
+	target := record{ID: id, Hash: sum, Size: int64(len(module)), Object: obj}
+	var pst, bst staged
 	locked := false
 	defer func() {
-		r.pri.dropTemp(&ptmp)
-		if r.bak != nil {
-			r.bak.dropTemp(&btmp)
+		if pst != nil {
+			pst.discard()
+		}
+		if bst != nil {
+			bst.discard()
 		}
 		if locked {
 			r.unlock()
 		}
 	}()
 	var err error
-	if ptmp, err = r.pri.writeTemp(module); err != nil {
+	if pst, err = r.pri.stage(ctx, r.pri.moduleName(target), module); err != nil {
 		return App{}, fail(op, id, err)
 	}
 	if r.bak != nil {
-		if btmp, err = r.bak.writeTemp(module); err != nil {
+		if bst, err = r.bak.stage(ctx, r.bak.moduleName(target), module); err != nil {
 			return App{}, fail(op, id, err)
 		}
 	}
+	stagedAt := time.Now()
 
 	if err := r.lock(ctx); err != nil {
 		return App{}, fail(op, id, err)
 	}
 	locked = true
-	if err := r.ready(ctx, op, id); err != nil {
+	if err := r.begin(ctx, op, id); err != nil {
 		return App{}, err
 	}
-
-	r.mu.Lock()
-	old, had := r.apps[id]
-	var prev record
-	if had {
-		prev = old.rec
+	if r.shared && time.Since(stagedAt) > maxStaged {
+		return App{}, &fs.Error{Op: op, Path: id, Kind: fs.Timeout,
+			Err: fmt.Errorf("more than %v passed between the upload and the commit; deploy again", maxStaged)}
 	}
-	gone := r.removed[id]
-	r.mu.Unlock()
 
-	rec := record{ID: id, Hash: sum, Size: int64(len(module)), Deployed: now(), Pinned: prev.Pinned}
-	switch {
-	case version != 0:
-		rec.Version = version
-		if had && prev.Hash == sum && prev.Version == version {
-			rec.Deployed = prev.Deployed
+	var (
+		rec, prev record
+		had       bool
+		victims   []record
+	)
+	m, _, err := r.commit(ctx, func() (manifest, bool, error) {
+		r.mu.Lock()
+		old, ok := r.apps[id]
+		prev, had = record{}, ok
+		if ok {
+			prev = old.rec
 		}
-	case had && prev.Hash == sum:
-		rec.Version, rec.Deployed = prev.Version, prev.Deployed
-	case had:
-		rec.Version = prev.Version + 1
-	default:
-		rec.Version = gone + 1
-	}
+		gone := r.removed[id]
+		r.mu.Unlock()
 
-	if err := r.pri.install(ptmp, moduleName(id)); err != nil {
+		rec = target
+		rec.Deployed, rec.Pinned = now(), prev.Pinned
+		switch {
+		case version != 0:
+			rec.Version = version
+			if had && prev.Hash == sum && prev.Version == version {
+				rec.Deployed = prev.Deployed
+			}
+		case had && prev.Hash == sum:
+			rec.Version, rec.Deployed = prev.Version, prev.Deployed
+		case had:
+			rec.Version = prev.Version + 1
+		default:
+			rec.Version = gone + 1
+		}
+		if !r.shared && pst != nil {
+			// In a directory the module goes in place before the commit;
+			// a crash between leaves it under the old record, which a
+			// read finds out (see Commit order).
+			if err := pst.install(ctx); err != nil {
+				return manifest{}, false, err
+			}
+			pst = nil
+		}
+		victims = r.victims(rec)
+		return r.manifestWith(&rec, victims), !had || rec != prev || len(victims) > 0, nil
+	})
+	if r.shared {
+		// Named by the committed manifest: kept. After a failed commit
+		// too, since a write whose answer was lost may have committed;
+		// if not, Open removes them once OrphanGrace old.
+		pst, bst = nil, nil
+	}
+	if err != nil {
 		return App{}, fail(op, id, err)
 	}
-	ptmp = ""
-	victims := r.victims(rec)
-	m := r.manifestWith(&rec, victims)
-	if !had || rec != prev || len(victims) > 0 {
-		if err := r.pri.writeManifest(m); err != nil {
-			return App{}, fail(op, id, err)
-		}
-	}
+	// Committed: what follows is done even if ctx ends now (each request
+	// to a store has a deadline of its own).
+	ctx = context.WithoutCancel(ctx)
 	r.apply(m, id)
 	for _, v := range victims {
 		r.log.Info("repo: evicted app", "app", v.ID, "version", v.Version, "size", v.Size, "cap", r.capBytes, "for", id)
-		r.removeFiles(r.pri, v.ID)
+		r.removeModule(ctx, r.pri, v)
 	}
-	if had && prev != rec {
+	replaced := r.shared && had && prev.Object != "" && prev.Object != rec.Object
+	if replaced {
+		r.removeModule(ctx, r.pri, prev)
+	}
+	if had && (prev.Hash != rec.Hash || prev.Version != rec.Version || prev.Pinned != rec.Pinned) {
 		r.log.Info("repo: deployed", "app", id, "version", rec.Version, "hash", rec.Hash, "size", rec.Size, "was", prev.Version)
 	} else if !had {
 		r.log.Info("repo: deployed", "app", id, "version", rec.Version, "hash", rec.Hash, "size", rec.Size)
@@ -388,13 +671,19 @@ func (r *Repo) put(ctx context.Context, op, id string, module []byte, version ui
 
 	a := rec.app()
 	if r.bak != nil {
-		err := r.bak.install(btmp, moduleName(id))
+		var err error
+		if bst != nil {
+			err = bst.install(ctx)
+		}
 		if err == nil {
-			btmp = ""
+			bst = nil
 			for _, v := range victims {
-				r.removeFiles(r.bak, v.ID)
+				r.removeModule(ctx, r.bak, v)
 			}
-			err = r.bak.writeManifest(m)
+			if replaced {
+				r.removeModule(ctx, r.bak, prev)
+			}
+			err = r.writeBackup(ctx, m)
 		}
 		if err != nil {
 			r.log.Error("repo: backup behind the primary", "app", id, "version", rec.Version, "err", err)
@@ -403,6 +692,36 @@ func (r *Repo) put(ctx context.Context, op, id string, module []byte, version ui
 		}
 	}
 	return a, nil
+}
+
+// commit makes the manifest that edit returns, computed from the state in
+// memory, the primary manifest: the commit point. edit also says whether
+// there is anything to write. On an object store a conflict (another repo
+// committed since the state was read) reads the manifest again and calls
+// edit again, up to maxCommitTries times. commit returns the manifest and
+// whether it wrote it. The writer lock is held.
+func (r *Repo) commit(ctx context.Context, edit func() (manifest, bool, error)) (manifest, bool, error) {
+	for try := 1; ; try++ {
+		m, write, err := edit()
+		if err != nil || !write {
+			return m, false, err
+		}
+		tag, err := r.pri.writeManifest(ctx, m, r.tag)
+		if err == nil {
+			r.tag = tag
+			return m, true, nil
+		}
+		if !errors.Is(err, errConflict) {
+			return m, false, err
+		}
+		if try == maxCommitTries {
+			return m, false, &fs.Error{Kind: fs.Busy, Err: fmt.Errorf("the manifest changed under %d attempts in a row to commit", try)}
+		}
+		r.log.Info("repo: the manifest changed elsewhere; reading it again", "try", try)
+		if err := r.reload(ctx); err != nil {
+			return m, false, err
+		}
+	}
 }
 
 // victims are the apps to evict so that the unpinned apps, with rec in
@@ -449,8 +768,9 @@ func (r *Repo) victims(rec record) []record {
 // Get returns app id with its module, checked against the recorded hash,
 // and marks the app as recently used. A missing or corrupt primary copy is
 // served from the backup and repaired; if both copies are bad (or there is
-// no backup) Get fails with IO. An unknown app is NotExist. The Module is
-// the caller's own.
+// no backup) Get fails with IO. An unknown app is NotExist (on an object
+// store, after the manifest was checked for it). The Module is the
+// caller's own.
 func (r *Repo) Get(ctx context.Context, id string) (App, error) {
 	const op = "get app"
 	if err := checkID(op, id); err != nil {
@@ -461,6 +781,14 @@ func (r *Repo) Get(ctx context.Context, id string) (App, error) {
 	}
 	r.mu.Lock()
 	e, ok := r.apps[id]
+	if !ok && r.shared {
+		r.mu.Unlock()
+		if err := r.catchUp(ctx); err != nil {
+			r.log.Warn("repo: checking the manifest for an app not held", "app", id, "err", err)
+		}
+		r.mu.Lock()
+		e, ok = r.apps[id]
+	}
 	if !ok {
 		r.mu.Unlock()
 		return App{}, notDeployed(op, id)
@@ -472,11 +800,16 @@ func (r *Repo) Get(ctx context.Context, id string) (App, error) {
 	r.mu.Unlock()
 
 	if c != nil && c.hash == rec.Hash {
-		if key, err := r.pri.statKey(moduleName(id)); err == nil && key == c.key {
+		// On an object store a module's name is never written with other
+		// bytes, so the cached module stands without asking the store.
+		if r.shared {
+			return rec.withModule(c.mod), nil
+		}
+		if key, err := r.pri.statKey(ctx, moduleName(id)); err == nil && key == c.key {
 			return rec.withModule(c.mod), nil
 		}
 	}
-	if mod, key, err := r.pri.read(rec); err == nil {
+	if mod, key, err := r.pri.read(ctx, rec); err == nil {
 		return rec.withModule(r.remember(rec, key, mod)), nil
 	}
 	return r.getSlow(ctx, op, id)
@@ -484,7 +817,9 @@ func (r *Repo) Get(ctx context.Context, id string) (App, error) {
 
 // getSlow reads app id under the writer lock, after a read found its
 // primary copy missing or not matching the record: either a writer was
-// replacing it, or it is bad and is restored from the backup.
+// replacing it (here, or in another repo on the same object store, which
+// then removed the old module), or it is bad and is restored from the
+// backup.
 func (r *Repo) getSlow(ctx context.Context, op, id string) (App, error) {
 	if err := r.lock(ctx); err != nil {
 		return App{}, fail(op, id, err)
@@ -493,41 +828,79 @@ func (r *Repo) getSlow(ctx context.Context, op, id string) (App, error) {
 	if err := r.ready(ctx, op, id); err != nil {
 		return App{}, err
 	}
-	r.mu.Lock()
-	e, ok := r.apps[id]
-	var rec record
-	if ok {
-		rec = e.rec
+	for try := 0; ; try++ {
+		if r.shared {
+			if err := r.refresh(ctx); err != nil {
+				r.log.Warn("repo: checking the manifest", "app", id, "err", err)
+			}
+		}
+		r.mu.Lock()
+		e, ok := r.apps[id]
+		var rec record
+		if ok {
+			rec = e.rec
+		}
+		r.mu.Unlock()
+		if !ok {
+			return App{}, notDeployed(op, id)
+		}
+		mod, key, perr := r.pri.read(ctx, rec)
+		if perr == nil {
+			return rec.withModule(r.remember(rec, key, mod)), nil
+		}
+		if ctx.Err() != nil {
+			return App{}, fail(op, id, ctx.Err())
+		}
+		if r.bak == nil {
+			r.log.Error("repo: module bad and no backup", "app", id, "version", rec.Version, "err", perr)
+			return App{}, &fs.Error{Op: op, Path: id, Kind: fs.IO,
+				Err: fmt.Errorf("app %s version %d: module %w, and there is no backup copy", id, rec.Version, perr)}
+		}
+		mod, _, berr := r.bak.read(ctx, rec)
+		if berr != nil {
+			if r.shared && try == 0 && r.changedSince(ctx, rec) {
+				continue // replaced elsewhere meanwhile: read the new version
+			}
+			if r.shared && unreachable(perr) && unreachable(berr) {
+				return App{}, &fs.Error{Op: op, Path: id, Kind: fs.KindOf(perr),
+					Err: fmt.Errorf("app %s version %d: no copy could be read (primary: %v; backup: %v)", id, rec.Version, perr, berr)}
+			}
+			r.log.Error("repo: both copies bad", "app", id, "version", rec.Version, "primary", perr, "backup", berr)
+			return App{}, &fs.Error{Op: op, Path: id, Kind: fs.IO,
+				Err: fmt.Errorf("both copies of app %s version %d are corrupt or missing (primary: %v; backup: %v)", id, rec.Version, perr, berr)}
+		}
+		if err := r.restore(ctx, r.pri, rec, mod); err != nil {
+			r.log.Error("repo: primary bad; served from the backup, repair failed", "app", id, "version", rec.Version, "was", perr, "err", err)
+		} else {
+			r.log.Warn("repo: primary bad; served from the backup and repaired", "app", id, "version", rec.Version, "was", perr)
+		}
+		return rec.withModule(mod), nil
 	}
-	r.mu.Unlock()
-	if !ok {
-		return App{}, notDeployed(op, id)
-	}
-	mod, key, perr := r.pri.read(rec)
-	if perr == nil {
-		return rec.withModule(r.remember(rec, key, mod)), nil
-	}
-	if r.bak == nil {
-		r.log.Error("repo: module bad and no backup", "app", id, "version", rec.Version, "err", perr)
-		return App{}, &fs.Error{Op: op, Path: id, Kind: fs.IO,
-			Err: fmt.Errorf("app %s version %d: module %w, and there is no backup copy", id, rec.Version, perr)}
-	}
-	mod, _, berr := r.bak.read(rec)
-	if berr != nil {
-		r.log.Error("repo: both copies bad", "app", id, "version", rec.Version, "primary", perr, "backup", berr)
-		return App{}, &fs.Error{Op: op, Path: id, Kind: fs.IO,
-			Err: fmt.Errorf("both copies of app %s version %d are corrupt or missing (primary: %v; backup: %v)", id, rec.Version, perr, berr)}
-	}
-	if err := r.restore(r.pri, rec, mod); err != nil {
-		r.log.Error("repo: primary bad; served from the backup, repair failed", "app", id, "version", rec.Version, "was", perr, "err", err)
-	} else {
-		r.log.Warn("repo: primary bad; served from the backup and repaired", "app", id, "version", rec.Version, "was", perr)
-	}
-	return rec.withModule(mod), nil
 }
 
-// remember offers a verified module to the cache and returns mod, or a
-// copy of it if the cache kept it.
+// unreachable reports whether err says a store did not answer (rather
+// than that a module is missing or corrupt).
+func unreachable(err error) bool {
+	switch fs.KindOf(err) {
+	case fs.Unavailable, fs.Timeout, fs.Busy, fs.Permission, fs.Canceled:
+		return true
+	}
+	return false
+}
+
+// changedSince reports whether the manifest, read again, no longer has
+// rec as it is. The writer lock is held.
+func (r *Repo) changedSince(ctx context.Context, rec record) bool {
+	if err := r.refresh(ctx); err != nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.apps[rec.ID]
+	return !ok || e.rec != rec
+}
+
+// remember offers a verified module to the cache and returns mod.
 func (r *Repo) remember(rec record, key statKey, mod []byte) []byte {
 	if key == (statKey{}) {
 		return mod
@@ -537,27 +910,27 @@ func (r *Repo) remember(rec record, key statKey, mod []byte) []byte {
 	if e, ok := r.apps[rec.ID]; !ok || e.rec.Hash != rec.Hash || r.closed {
 		return mod
 	}
-	if !r.cache.put(rec.ID, &cached{hash: rec.Hash, key: key, mod: mod, used: r.tick}) {
-		return mod
-	}
+	r.cache.put(rec.ID, &cached{hash: rec.Hash, key: key, mod: mod, used: r.tick})
 	return mod
 }
 
 // restore rewrites the copy of rec in s from mod, which matches rec. The
 // writer lock is held.
-func (r *Repo) restore(s *side, rec record, mod []byte) error {
-	tmp, err := s.writeTemp(mod)
+func (r *Repo) restore(ctx context.Context, s side, rec record, mod []byte) error {
+	st, err := s.stage(ctx, s.moduleName(rec), mod)
 	if err != nil {
 		return err
 	}
-	if err := s.install(tmp, moduleName(rec.ID)); err != nil {
-		s.dropTemp(&tmp)
+	if err := st.install(ctx); err != nil {
+		st.discard()
 		return err
 	}
 	return nil
 }
 
-// Stat returns app id without its module. It reads nothing from disk.
+// Stat returns app id without its module. It reads nothing from disk; on
+// an object store, an app not held makes it check the manifest (bounded
+// by a few seconds).
 func (r *Repo) Stat(id string) (App, error) {
 	const op = "stat app"
 	if err := checkID(op, id); err != nil {
@@ -569,6 +942,16 @@ func (r *Repo) Stat(id string) (App, error) {
 		return App{}, &fs.Error{Op: op, Path: id, Kind: fs.BadHandle, Err: errClosed}
 	}
 	e, ok := r.apps[id]
+	if !ok && r.shared {
+		r.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), missTimeout)
+		if err := r.catchUp(ctx); err != nil {
+			r.log.Warn("repo: checking the manifest for an app not held", "app", id, "err", err)
+		}
+		cancel()
+		r.mu.Lock()
+		e, ok = r.apps[id]
+	}
 	if !ok {
 		return App{}, notDeployed(op, id)
 	}
@@ -595,21 +978,54 @@ func (r *Repo) List() []App {
 // same ID continues from the removed version.
 func (r *Repo) Remove(ctx context.Context, id string) error {
 	const op = "remove app"
-	rec, err := r.begin(ctx, op, id)
-	if err != nil {
+	if err := checkID(op, id); err != nil {
 		return err
 	}
-	defer r.unlock()
-	m := r.manifestWith(nil, []record{rec})
-	if err := r.pri.writeManifest(m); err != nil {
+	if err := r.lock(ctx); err != nil {
 		return fail(op, id, err)
 	}
+	defer r.unlock()
+	if err := r.begin(ctx, op, id); err != nil {
+		return err
+	}
+	var (
+		rec   record
+		first = true
+		gone  bool
+	)
+	m, _, err := r.commit(ctx, func() (manifest, bool, error) {
+		cur, ok := r.lookup(id)
+		if !ok {
+			if first {
+				return manifest{}, false, notDeployed(op, id)
+			}
+			// Removed meanwhile, elsewhere, or by this very commit
+			// whose answer was lost: removed all the same.
+			gone = true
+			return manifest{}, false, nil
+		}
+		first, rec = false, cur
+		return r.manifestWith(nil, []record{rec}), true, nil
+	})
+	if err != nil {
+		return fail(op, id, err)
+	}
+	ctx = context.WithoutCancel(ctx) // committed: finish
+	if gone {
+		if r.shared {
+			r.removeModule(ctx, r.pri, rec)
+			if r.bak != nil {
+				r.removeModule(ctx, r.bak, rec)
+			}
+		}
+		return nil
+	}
 	r.apply(m, "")
-	r.removeFiles(r.pri, id)
+	r.removeModule(ctx, r.pri, rec)
 	r.log.Info("repo: removed", "app", id, "version", rec.Version)
 	if r.bak != nil {
-		r.removeFiles(r.bak, id)
-		if err := r.bak.writeManifest(m); err != nil {
+		r.removeModule(ctx, r.bak, rec)
+		if err := r.writeBackup(ctx, m); err != nil {
 			return &fs.Error{Op: op, Path: id, Kind: fs.IO,
 				Err: fmt.Errorf("removed, but the backup manifest was not updated: %w", err)}
 		}
@@ -617,31 +1033,30 @@ func (r *Repo) Remove(ctx context.Context, id string) error {
 	return nil
 }
 
-// begin checks id, takes the writer lock and returns the record of id.
-// On success the caller calls r.unlock.
-func (r *Repo) begin(ctx context.Context, op, id string) (record, error) {
-	if err := checkID(op, id); err != nil {
-		return record{}, err
-	}
-	if err := r.lock(ctx); err != nil {
-		return record{}, fail(op, id, err)
-	}
-	if err := r.ready(ctx, op, id); err != nil {
-		r.unlock()
-		return record{}, err
-	}
+// lookup returns the record of id in memory.
+func (r *Repo) lookup(id string) (record, bool) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	e, ok := r.apps[id]
-	var rec record
-	if ok {
-		rec = e.rec
-	}
-	r.mu.Unlock()
 	if !ok {
-		r.unlock()
-		return record{}, notDeployed(op, id)
+		return record{}, false
 	}
-	return rec, nil
+	return e.rec, true
+}
+
+// begin checks that the repo is open and, on an object store, brings the
+// state up to date with the manifest, before a change. The writer lock is
+// held.
+func (r *Repo) begin(ctx context.Context, op, id string) error {
+	if err := r.ready(ctx, op, id); err != nil {
+		return err
+	}
+	if r.shared {
+		if err := r.refresh(ctx); err != nil {
+			return fail(op, id, err)
+		}
+	}
+	return nil
 }
 
 // Pin sets whether app id is pinned. A pinned app is never evicted; the
@@ -649,23 +1064,39 @@ func (r *Repo) begin(ctx context.Context, op, id string) (record, error) {
 // does, if the cap is exceeded.
 func (r *Repo) Pin(id string, pinned bool) error {
 	const op = "pin app"
-	rec, err := r.begin(context.Background(), op, id)
-	if err != nil {
+	if err := checkID(op, id); err != nil {
 		return err
 	}
-	defer r.unlock()
-	if rec.Pinned == pinned {
-		return nil
-	}
-	rec.Pinned = pinned
-	m := r.manifestWith(&rec, nil)
-	if err := r.pri.writeManifest(m); err != nil {
+	ctx, cancel := r.opContext()
+	defer cancel()
+	if err := r.lock(ctx); err != nil {
 		return fail(op, id, err)
+	}
+	defer r.unlock()
+	if err := r.begin(ctx, op, id); err != nil {
+		return err
+	}
+	m, wrote, err := r.commit(ctx, func() (manifest, bool, error) {
+		rec, ok := r.lookup(id)
+		if !ok {
+			return manifest{}, false, notDeployed(op, id)
+		}
+		if rec.Pinned == pinned {
+			return manifest{}, false, nil
+		}
+		rec.Pinned = pinned
+		return r.manifestWith(&rec, nil), true, nil
+	})
+	if err != nil {
+		return fail(op, id, err)
+	}
+	if !wrote {
+		return nil
 	}
 	r.apply(m, "")
 	r.log.Info("repo: pin", "app", id, "pinned", pinned)
 	if r.bak != nil {
-		if err := r.bak.writeManifest(m); err != nil {
+		if err := r.writeBackup(ctx, m); err != nil {
 			return &fs.Error{Op: op, Path: id, Kind: fs.IO,
 				Err: fmt.Errorf("pin state changed, but the backup manifest was not updated: %w", err)}
 		}
@@ -698,20 +1129,14 @@ func (r *Repo) scrubOne(ctx context.Context, op, id string) error {
 		return fail(op, id, err)
 	}
 	defer r.unlock()
-	if err := r.ready(ctx, op, id); err != nil {
+	if err := r.begin(ctx, op, id); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	e, ok := r.apps[id]
-	var rec record
-	if ok {
-		rec = e.rec
-	}
-	r.mu.Unlock()
+	rec, ok := r.lookup(id)
 	if !ok {
 		return nil // removed meanwhile
 	}
-	pmod, _, perr := r.pri.read(rec)
+	pmod, _, perr := r.pri.read(ctx, rec)
 	if r.bak == nil {
 		if perr != nil {
 			r.log.Error("repo: scrub: module bad and no backup", "app", id, "err", perr)
@@ -719,7 +1144,7 @@ func (r *Repo) scrubOne(ctx context.Context, op, id string) error {
 		}
 		return nil
 	}
-	bmod, _, berr := r.bak.read(rec)
+	bmod, _, berr := r.bak.read(ctx, rec)
 	switch {
 	case perr == nil && berr == nil:
 		return nil
@@ -727,13 +1152,13 @@ func (r *Repo) scrubOne(ctx context.Context, op, id string) error {
 		r.log.Error("repo: scrub: both copies bad", "app", id, "primary", perr, "backup", berr)
 		return &fs.Error{Op: op, Path: id, Kind: fs.IO, Err: fmt.Errorf("primary: %v; backup: %v", perr, berr)}
 	case perr != nil:
-		if err := r.restore(r.pri, rec, bmod); err != nil {
+		if err := r.restore(ctx, r.pri, rec, bmod); err != nil {
 			r.log.Error("repo: scrub: repairing the primary failed", "app", id, "err", err)
 			return nil // the backup still serves it
 		}
 		r.log.Warn("repo: scrub: primary bad; repaired from the backup", "app", id, "version", rec.Version, "was", perr)
 	default:
-		if err := r.restore(r.bak, rec, pmod); err != nil {
+		if err := r.restore(ctx, r.bak, rec, pmod); err != nil {
 			r.log.Error("repo: scrub: repairing the backup failed", "app", id, "err", err)
 			return nil
 		}
@@ -743,11 +1168,15 @@ func (r *Repo) scrubOne(ctx context.Context, op, id string) error {
 }
 
 // manifestWith is the manifest of the current apps with set put in place
-// and drop removed (their versions remembered). The writer lock is held.
+// and drop removed (their versions remembered). On an object store its
+// Seq is one more than the state's. The writer lock is held.
 func (r *Repo) manifestWith(set *record, drop []record) manifest {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	m := manifest{Format: manifestFormat, Removed: map[string]uint64{}}
+	if r.shared {
+		m.Seq = r.seq + 1
+	}
 	for id, v := range r.removed {
 		m.Removed[id] = v
 	}
@@ -770,8 +1199,8 @@ func (r *Repo) manifestWith(set *record, drop []record) manifest {
 	return m
 }
 
-// apply makes m, just written, the state in memory, keeping recency, and
-// marks used as just used. The writer lock is held.
+// apply makes m, just written or read, the state in memory, keeping
+// recency, and marks used as just used. The writer lock is held.
 func (r *Repo) apply(m manifest, used string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -799,13 +1228,19 @@ func (r *Repo) apply(m manifest, used string) {
 		}
 	}
 	r.removed = m.Removed
+	r.seq = m.Seq
 }
 
-// removeFiles removes the module of id from s, logging a failure: a file
-// left behind is removed by the next Open.
-func (r *Repo) removeFiles(s *side, id string) {
-	if err := s.remove(moduleName(id)); err != nil {
-		r.log.Warn("repo: removing a module file", "side", s.name, "app", id, "err", err)
+// removeModule removes the module of rec from s, logging a failure: a
+// module left behind is removed by the next Open (on an object store,
+// once it is OrphanGrace old).
+func (r *Repo) removeModule(ctx context.Context, s side, rec record) {
+	name := s.moduleName(rec)
+	if name == "" {
+		return
+	}
+	if err := s.remove(ctx, name); err != nil {
+		r.log.Warn("repo: removing a module", "side", s.role(), "app", rec.ID, "module", name, "err", err)
 	}
 }
 

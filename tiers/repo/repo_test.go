@@ -19,6 +19,9 @@ import (
 	"strata/fs"
 )
 
+// The tests that apply to both kinds of side run on each (bothKinds):
+// in directories and on an object store. The rest are about directories.
+
 var ctx = context.Background()
 
 // logBuf collects a repo's log; slog handlers may write from many
@@ -156,9 +159,11 @@ func temps(t *testing.T, dir string) []string {
 	return m
 }
 
-func TestPutGetRoundTrip(t *testing.T) {
-	dir, bak := dirs(t)
-	r := open(t, dir, Options{Backup: bak})
+func TestPutGetRoundTrip(t *testing.T) { bothKinds(t, testPutGetRoundTrip) }
+
+func testPutGetRoundTrip(t *testing.T, k kind) {
+	p := k.place(t)
+	r := p.open(p.backup(Options{}))
 	mod := module(5000, 1)
 	a := put(t, r, "hello", mod)
 	if a.ID != "hello" || a.Hash != sum(mod) || a.Size != 5000 || a.Version != 1 || a.Module != nil || a.Pinned {
@@ -182,23 +187,25 @@ func TestPutGetRoundTrip(t *testing.T) {
 	if len(l) != 2 || l[0].ID != "another" || l[1].ID != "hello" || l[0].Module != nil {
 		t.Fatalf("List = %+v", l)
 	}
-	for _, d := range []string{dir, bak} {
-		if !bytes.Equal(readFile(t, filepath.Join(d, "hello.wasm")), mod) {
-			t.Errorf("%s/hello.wasm is not the module", d)
+	for _, s := range []int{priSide, bakSide} {
+		if !bytes.Equal(p.read(s, p.name("hello")), mod) {
+			t.Errorf("%s/%s is not the module", p.root(s), p.name("hello"))
 		}
-		if m := readFile(t, filepath.Join(d, ManifestName)); !bytes.Contains(m, []byte(a.Hash)) {
-			t.Errorf("%s/%s does not record the hash:\n%s", d, ManifestName, m)
+		if m := p.read(s, ManifestName); !bytes.Contains(m, []byte(a.Hash)) {
+			t.Errorf("%s/%s does not record the hash:\n%s", p.root(s), ManifestName, m)
 		}
-		if tt := temps(t, d); len(tt) != 0 {
-			t.Errorf("temporary files left: %v", tt)
+		if l := p.leftovers(s); len(l) != 0 {
+			t.Errorf("files left over in %s: %v", p.root(s), l)
 		}
 	}
 }
 
-func TestVersionsSurviveReopen(t *testing.T) {
-	dir, bak := dirs(t)
-	opts := Options{Backup: bak}
-	r := open(t, dir, opts)
+func TestVersionsSurviveReopen(t *testing.T) { bothKinds(t, testVersionsSurviveReopen) }
+
+func testVersionsSurviveReopen(t *testing.T, k kind) {
+	p := k.place(t)
+	opts := p.backup(Options{})
+	r := p.open(opts)
 	v1 := put(t, r, "app", module(100, 1))
 	v2 := put(t, r, "app", module(100, 2))
 	if v1.Version != 1 || v2.Version != 2 {
@@ -209,7 +216,7 @@ func TestVersionsSurviveReopen(t *testing.T) {
 	if again.Version != 2 || !again.Deployed.Equal(v2.Deployed) {
 		t.Fatalf("re-put of the same module: version %d deployed %v; want 2, %v", again.Version, again.Deployed, v2.Deployed)
 	}
-	r = reopen(t, r, dir, opts)
+	r = p.reopen(r, opts)
 	s, err := r.Stat("app")
 	if err != nil || s.Version != 2 || s.Hash != sum(module(100, 2)) || !s.Deployed.Equal(v2.Deployed) {
 		t.Fatalf("after reopen: %+v, %v", s, err)
@@ -224,19 +231,25 @@ func TestVersionsSurviveReopen(t *testing.T) {
 	if err := r.Remove(ctx, "app"); err != nil {
 		t.Fatal(err)
 	}
-	r = reopen(t, r, dir, opts)
+	r = p.reopen(r, opts)
 	if v := put(t, r, "app", module(100, 1)); v.Version != 4 {
 		t.Fatalf("version after remove and reopen = %d, want 4", v.Version)
 	}
 }
 
-func TestConcurrentGetDuringPut(t *testing.T) {
+func TestConcurrentGetDuringPut(t *testing.T) { bothKinds(t, testConcurrentGetDuringPut) }
+
+func testConcurrentGetDuringPut(t *testing.T, k kind) {
 	for _, cacheBytes := range []int64{0, -1} {
 		t.Run(fmt.Sprintf("cache=%d", cacheBytes), func(t *testing.T) {
-			dir, bak := dirs(t)
+			p := k.place(t)
 			var log logBuf
-			r := open(t, dir, Options{Backup: bak, CacheBytes: cacheBytes, Log: log.logger()})
+			r := p.open(p.backup(Options{CacheBytes: cacheBytes, Log: log.logger()}))
 			mods := [][]byte{module(16<<10, 1), module(24<<10, 2), module(8<<10, 3)}
+			puts := 60
+			if p.s3() {
+				puts = 20 // each a few requests, with the readers' requests between
+			}
 			put(t, r, "app", mods[0])
 			var (
 				wg   sync.WaitGroup
@@ -277,7 +290,7 @@ func TestConcurrentGetDuringPut(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				defer close(done)
-				for i := 1; i <= 60; i++ {
+				for i := 1; i <= puts; i++ {
 					a, err := r.Put(ctx, "app", mods[i%3])
 					if err != nil {
 						errc <- err
@@ -303,25 +316,29 @@ func TestConcurrentGetDuringPut(t *testing.T) {
 }
 
 func TestCorruptPrimaryServedFromBackup(t *testing.T) {
-	dir, bak := dirs(t)
+	bothKinds(t, testCorruptPrimaryServedFromBackup)
+}
+
+func testCorruptPrimaryServedFromBackup(t *testing.T, k kind) {
+	p := k.place(t)
 	var log logBuf
-	r := open(t, dir, Options{Backup: bak, Log: log.logger()})
+	r := p.open(p.backup(Options{Log: log.logger()}))
 	mod := module(4096, 7)
 	put(t, r, "calc", mod)
-	p := filepath.Join(dir, "calc.wasm")
-	flip(t, p)
+	name := p.name("calc")
+	p.flip(priSide, name)
 	g := get(t, r, "calc")
 	if !bytes.Equal(g.Module, mod) || g.Version != 1 {
 		t.Fatal("Get did not return the good module")
 	}
-	if !bytes.Equal(readFile(t, p), mod) {
+	if !bytes.Equal(p.read(priSide, name), mod) {
 		t.Fatal("the primary copy was not repaired")
 	}
 	if l := log.lines("level=WARN", "repaired", "app=calc"); len(l) != 1 {
 		t.Fatalf("want one warning that calc was repaired; log:\n%s", log.String())
 	}
-	if tt := temps(t, dir); len(tt) != 0 {
-		t.Errorf("temporary files left: %v", tt)
+	if l := p.leftovers(priSide); len(l) != 0 {
+		t.Errorf("files left over: %v", l)
 	}
 }
 
@@ -353,20 +370,20 @@ func TestCorruptionNoticedAfterCaching(t *testing.T) {
 	}
 }
 
-func TestMissingPrimaryRepaired(t *testing.T) {
-	dir, bak := dirs(t)
+func TestMissingPrimaryRepaired(t *testing.T) { bothKinds(t, testMissingPrimaryRepaired) }
+
+func testMissingPrimaryRepaired(t *testing.T, k kind) {
+	p := k.place(t)
 	var log logBuf
-	r := open(t, dir, Options{Backup: bak, Log: log.logger()})
+	r := p.open(p.backup(Options{Log: log.logger()}))
 	mod := module(3000, 9)
 	put(t, r, "gone", mod)
-	p := filepath.Join(dir, "gone.wasm")
-	if err := os.Remove(p); err != nil {
-		t.Fatal(err)
-	}
+	name := p.name("gone")
+	p.remove(priSide, name)
 	if g := get(t, r, "gone"); !bytes.Equal(g.Module, mod) {
 		t.Fatal("Get did not return the module")
 	}
-	if !bytes.Equal(readFile(t, p), mod) {
+	if !bytes.Equal(p.read(priSide, name), mod) {
 		t.Fatal("the primary copy was not restored")
 	}
 	if l := log.lines("level=WARN", "repaired", "app=gone", "missing"); len(l) != 1 {
@@ -399,19 +416,21 @@ func TestUncommittedPrimaryRolledBack(t *testing.T) {
 	}
 }
 
-func TestBothCopiesBad(t *testing.T) {
+func TestBothCopiesBad(t *testing.T) { bothKinds(t, testBothCopiesBad) }
+
+func testBothCopiesBad(t *testing.T, k kind) {
 	for _, how := range []string{"corrupt", "missing"} {
 		t.Run(how, func(t *testing.T) {
-			dir, bak := dirs(t)
+			p := k.place(t)
 			var log logBuf
-			r := open(t, dir, Options{Backup: bak, Log: log.logger()})
+			r := p.open(p.backup(Options{Log: log.logger()}))
 			put(t, r, "app", module(1000, 1))
-			for _, d := range []string{dir, bak} {
-				p := filepath.Join(d, "app.wasm")
+			name := p.name("app")
+			for _, s := range []int{priSide, bakSide} {
 				if how == "corrupt" {
-					flip(t, p)
-				} else if err := os.Remove(p); err != nil {
-					t.Fatal(err)
+					p.flip(s, name)
+				} else {
+					p.remove(s, name)
 				}
 			}
 			_, err := r.Get(ctx, "app")
@@ -426,11 +445,13 @@ func TestBothCopiesBad(t *testing.T) {
 	}
 }
 
-func TestCorruptWithoutBackup(t *testing.T) {
-	dir, _ := dirs(t)
-	r := open(t, dir, Options{})
+func TestCorruptWithoutBackup(t *testing.T) { bothKinds(t, testCorruptWithoutBackup) }
+
+func testCorruptWithoutBackup(t *testing.T, k kind) {
+	p := k.place(t)
+	r := p.open(Options{})
 	put(t, r, "app", module(1000, 1))
-	flip(t, filepath.Join(dir, "app.wasm"))
+	p.flip(priSide, p.name("app"))
 	_, err := r.Get(ctx, "app")
 	wantKind(t, err, fs.IO, "Get of a corrupt module without backup")
 	if !strings.Contains(err.Error(), "no backup") {
@@ -443,10 +464,12 @@ func TestCorruptWithoutBackup(t *testing.T) {
 	get(t, r, "app")
 }
 
-func TestEviction(t *testing.T) {
-	dir, _ := dirs(t)
+func TestEviction(t *testing.T) { bothKinds(t, testEviction) }
+
+func testEviction(t *testing.T, k kind) {
+	p := k.place(t)
 	var log logBuf
-	r := open(t, dir, Options{CapBytes: 3000, Log: log.logger()})
+	r := p.open(Options{CapBytes: 3000, Log: log.logger()})
 	put(t, r, "pinned", module(2000, 0))
 	if err := r.Pin("pinned", true); err != nil {
 		t.Fatal(err)
@@ -464,11 +487,13 @@ func TestEviction(t *testing.T) {
 		if strings.Join(got, " ") != strings.Join(want, " ") {
 			t.Fatalf("apps %v, want %v", got, want)
 		}
-		for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
-			_, err := os.Stat(filepath.Join(dir, id+".wasm"))
-			if (err == nil) != strings.Contains(" "+strings.Join(want, " ")+" ", " "+id+" ") {
-				t.Fatalf("file of %s: %v, want apps %v", id, err, want)
+		for _, id := range want {
+			if !p.exists(priSide, p.name(id)) {
+				t.Fatalf("no module of %s, want apps %v", id, want)
 			}
+		}
+		if mods := p.modules(priSide); len(mods) != len(want) {
+			t.Fatalf("modules %v, want those of apps %v", mods, want)
 		}
 	}
 	have("a", "b", "c", "pinned")
@@ -488,19 +513,21 @@ func TestEviction(t *testing.T) {
 		t.Fatal("pinned app damaged")
 	}
 	// Eviction is durable.
-	r = reopen(t, r, dir, Options{CapBytes: 3000})
+	r = p.reopen(r, Options{CapBytes: 3000})
 	have("f", "pinned")
 }
 
-func TestPinSurvivesReopen(t *testing.T) {
-	dir, bak := dirs(t)
-	opts := Options{Backup: bak, CapBytes: 1500}
-	r := open(t, dir, opts)
+func TestPinSurvivesReopen(t *testing.T) { bothKinds(t, testPinSurvivesReopen) }
+
+func testPinSurvivesReopen(t *testing.T, k kind) {
+	p := k.place(t)
+	opts := p.backup(Options{CapBytes: 1500})
+	r := p.open(opts)
 	put(t, r, "keep", module(1000, 1))
 	if err := r.Pin("keep", true); err != nil {
 		t.Fatal(err)
 	}
-	r = reopen(t, r, dir, opts)
+	r = p.reopen(r, opts)
 	if s, err := r.Stat("keep"); err != nil || !s.Pinned {
 		t.Fatalf("after reopen: %+v, %v; want pinned", s, err)
 	}
@@ -515,16 +542,18 @@ func TestPinSurvivesReopen(t *testing.T) {
 	if err := r.Pin("keep", false); err != nil {
 		t.Fatal(err)
 	}
-	r = reopen(t, r, dir, opts)
+	r = p.reopen(r, opts)
 	if s, _ := r.Stat("keep"); s.Pinned {
 		t.Fatal("unpin did not survive reopen")
 	}
 	wantKind(t, r.Pin("nope", true), fs.NotExist, "Pin of an unknown app")
 }
 
-func TestInvalidIDs(t *testing.T) {
-	dir, bak := dirs(t)
-	r := open(t, dir, Options{Backup: bak})
+func TestInvalidIDs(t *testing.T) { bothKinds(t, testInvalidIDs) }
+
+func testInvalidIDs(t *testing.T, k kind) {
+	p := k.place(t)
+	r := p.open(p.backup(Options{}))
 	bad := []string{"", "../x", "..", ".", "a/b", "/a", "A", "appX", "-a", "_a", ".hidden", "a.wasm",
 		"a b", "a\x00", "é", "manifest.json", strings.Repeat("a", 65)}
 	mod := module(100, 1)
@@ -553,9 +582,16 @@ func TestInvalidIDs(t *testing.T) {
 	if l := r.List(); len(l) != 0 {
 		t.Fatalf("apps after invalid puts: %+v", l)
 	}
-	ents, _ := os.ReadDir(filepath.Dir(dir))
-	if len(ents) != 2 {
-		t.Fatalf("files appeared beside the repo: %v", ents)
+	for _, s := range []int{priSide, bakSide} {
+		if all := p.all(s); len(all) != 1 || all[0] != ManifestName {
+			t.Fatalf("files in %s besides the manifest: %v", p.root(s), all)
+		}
+	}
+	if !p.s3() {
+		ents, _ := os.ReadDir(filepath.Dir(p.dir))
+		if len(ents) != 2 {
+			t.Fatalf("files appeared beside the repo: %v", ents)
+		}
 	}
 }
 
@@ -599,9 +635,11 @@ func TestTempAndOrphanFilesSwept(t *testing.T) {
 	}
 }
 
-func TestPutVersion(t *testing.T) {
-	dir, _ := dirs(t)
-	r := open(t, dir, Options{})
+func TestPutVersion(t *testing.T) { bothKinds(t, testPutVersion) }
+
+func testPutVersion(t *testing.T, k kind) {
+	p := k.place(t)
+	r := p.open(Options{})
 	mod := module(700, 1)
 	a, err := r.PutVersion(ctx, "app", mod, 7, strings.ToUpper(sum(mod)))
 	if err != nil {
@@ -628,11 +666,11 @@ func TestPutVersion(t *testing.T) {
 	if _, err := r.Stat("new"); !errors.Is(err, iofs.ErrNotExist) {
 		t.Fatalf("a rejected PutVersion created the app: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "new.wasm")); !errors.Is(err, iofs.ErrNotExist) {
-		t.Fatalf("a rejected PutVersion wrote a file: %v", err)
+	if mods := p.modules(priSide); len(mods) != 1 {
+		t.Fatalf("a rejected PutVersion left a file: %v", mods)
 	}
-	if tt := temps(t, dir); len(tt) != 0 {
-		t.Errorf("temporary files left: %v", tt)
+	if l := p.leftovers(priSide); len(l) != 0 {
+		t.Errorf("files left over: %v", l)
 	}
 	if a, err := r.PutVersion(ctx, "app", other, 9, sum(other)); err != nil || a.Version != 9 {
 		t.Fatalf("PutVersion 9: %+v, %v", a, err)
@@ -642,9 +680,11 @@ func TestPutVersion(t *testing.T) {
 	}
 }
 
-func TestNotDeployed(t *testing.T) {
-	dir, _ := dirs(t)
-	r := open(t, dir, Options{})
+func TestNotDeployed(t *testing.T) { bothKinds(t, testNotDeployed) }
+
+func testNotDeployed(t *testing.T, k kind) {
+	p := k.place(t)
+	r := p.open(Options{})
 	_, err := r.Get(ctx, "nope")
 	if !errors.Is(err, iofs.ErrNotExist) || !strings.Contains(err.Error(), "app nope is not deployed here") {
 		t.Fatalf("Get of an unknown app: %v", err)
@@ -653,23 +693,26 @@ func TestNotDeployed(t *testing.T) {
 	wantKind(t, err, fs.NotExist, "Stat")
 	wantKind(t, r.Remove(ctx, "nope"), fs.NotExist, "Remove")
 	put(t, r, "yes", module(10, 1))
+	name := p.name("yes")
 	if err := r.Remove(ctx, "yes"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = r.Get(ctx, "yes")
 	wantKind(t, err, fs.NotExist, "Get after Remove")
-	if _, err := os.Stat(filepath.Join(dir, "yes.wasm")); !errors.Is(err, iofs.ErrNotExist) {
-		t.Fatalf("module file left after Remove: %v", err)
+	if p.exists(priSide, name) {
+		t.Fatalf("module %s left after Remove", name)
 	}
 }
 
-func TestManifestRestoredFromBackup(t *testing.T) {
+func TestManifestRestoredFromBackup(t *testing.T) { bothKinds(t, testManifestRestoredFromBackup) }
+
+func testManifestRestoredFromBackup(t *testing.T, k kind) {
 	for _, how := range []string{"missing", "garbage"} {
 		t.Run(how, func(t *testing.T) {
-			dir, bak := dirs(t)
+			p := k.place(t)
 			var log logBuf
-			opts := Options{Backup: bak, Log: log.logger()}
-			r := open(t, dir, opts)
+			opts := p.backup(Options{Log: log.logger()})
+			r := p.open(opts)
 			put(t, r, "a", module(100, 1))
 			put(t, r, "a", module(100, 2))
 			put(t, r, "b", module(200, 3))
@@ -679,17 +722,12 @@ func TestManifestRestoredFromBackup(t *testing.T) {
 			if err := r.Close(); err != nil {
 				t.Fatal(err)
 			}
-			p := filepath.Join(dir, ManifestName)
-			var err error
 			if how == "missing" {
-				err = os.Remove(p)
+				p.remove(priSide, ManifestName)
 			} else {
-				err = os.WriteFile(p, []byte("{not json"), 0o644)
+				p.write(priSide, ManifestName, []byte("{not json"))
 			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			r = open(t, dir, opts)
+			r = p.open(opts)
 			a, err := r.Stat("a")
 			if err != nil || a.Version != 2 {
 				t.Fatalf("a after restore: %+v, %v", a, err)
@@ -700,92 +738,92 @@ func TestManifestRestoredFromBackup(t *testing.T) {
 			if len(log.lines("level=WARN", "manifest", "restored")) != 1 {
 				t.Fatalf("restore not logged:\n%s", log.String())
 			}
-			if _, err := decodeManifest(readFile(t, p)); err != nil {
+			if _, err := decodeManifest(p.read(priSide, ManifestName)); err != nil {
 				t.Fatalf("primary manifest not rewritten: %v", err)
 			}
 		})
 	}
 }
 
-func TestManifestLostWithoutBackup(t *testing.T) {
-	dir, _ := dirs(t)
-	r := open(t, dir, Options{})
+func TestManifestLostWithoutBackup(t *testing.T) { bothKinds(t, testManifestLostWithoutBackup) }
+
+func testManifestLostWithoutBackup(t *testing.T, k kind) {
+	p := k.place(t)
+	r := p.open(Options{})
 	put(t, r, "a", module(100, 1))
+	name := p.name("a")
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(dir, ManifestName)); err != nil {
-		t.Fatal(err)
-	}
-	_, err := Open(dir, Options{})
+	p.remove(priSide, ManifestName)
+	_, err := p.tryOpen(Options{})
 	wantKind(t, err, fs.IO, "Open with the manifest lost")
-	if _, serr := os.Stat(filepath.Join(dir, "a.wasm")); serr != nil {
-		t.Fatalf("the module was removed: %v", serr)
+	if !p.exists(priSide, name) {
+		t.Fatal("the module was removed")
 	}
 }
 
 // A crash after the commit leaves the backup behind; Open brings it up to
 // date from the primary.
-func TestBackupBroughtUpToDate(t *testing.T) {
-	dir, bak := dirs(t)
-	opts := Options{Backup: bak}
-	r := open(t, dir, opts)
+func TestBackupBroughtUpToDate(t *testing.T) { bothKinds(t, testBackupBroughtUpToDate) }
+
+func testBackupBroughtUpToDate(t *testing.T, k kind) {
+	p := k.place(t)
+	opts := p.backup(Options{})
+	r := p.open(opts)
 	put(t, r, "a", module(100, 1))
-	oldManifest := readFile(t, filepath.Join(bak, ManifestName))
-	oldA := readFile(t, filepath.Join(bak, "a.wasm"))
+	oldManifest := p.read(bakSide, ManifestName)
+	oldName := p.name("a")
+	oldA := p.read(bakSide, oldName)
 	put(t, r, "a", module(150, 2))
 	put(t, r, "b", module(100, 3))
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
 	// The backup as it was before: a at version 1, no b.
-	if err := os.WriteFile(filepath.Join(bak, ManifestName), oldManifest, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(bak, "a.wasm"), oldA, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(bak, "b.wasm")); err != nil {
-		t.Fatal(err)
-	}
-	r = open(t, dir, opts)
-	if !bytes.Equal(readFile(t, filepath.Join(bak, "a.wasm")), module(150, 2)) ||
-		!bytes.Equal(readFile(t, filepath.Join(bak, "b.wasm")), module(100, 3)) {
+	p.write(bakSide, ManifestName, oldManifest)
+	p.write(bakSide, oldName, oldA)
+	p.remove(bakSide, p.name("b"))
+	r = p.open(opts)
+	if !bytes.Equal(p.read(bakSide, p.name("a")), module(150, 2)) ||
+		!bytes.Equal(p.read(bakSide, p.name("b")), module(100, 3)) {
 		t.Fatal("backup modules not brought up to date")
 	}
-	if !bytes.Equal(readFile(t, filepath.Join(bak, ManifestName)), readFile(t, filepath.Join(dir, ManifestName))) {
+	if !bytes.Equal(p.read(bakSide, ManifestName), p.read(priSide, ManifestName)) {
 		t.Fatal("backup manifest differs from the primary")
 	}
 	// And it serves.
-	flip(t, filepath.Join(dir, "a.wasm"))
+	p.flip(priSide, p.name("a"))
 	if g := get(t, r, "a"); g.Version != 2 || !bytes.Equal(g.Module, module(150, 2)) {
 		t.Fatal("the refreshed backup did not serve")
 	}
 }
 
-func TestScrub(t *testing.T) {
-	dir, bak := dirs(t)
+func TestScrub(t *testing.T) { bothKinds(t, testScrub) }
+
+func testScrub(t *testing.T, k kind) {
+	p := k.place(t)
 	var log logBuf
-	r := open(t, dir, Options{Backup: bak, Log: log.logger()})
+	r := p.open(p.backup(Options{Log: log.logger()}))
 	for i, id := range []string{"a", "b", "c"} {
 		put(t, r, id, module(300, byte(i)))
 	}
-	flip(t, filepath.Join(bak, "a.wasm"))
-	flip(t, filepath.Join(dir, "b.wasm"))
+	p.flip(bakSide, p.name("a"))
+	p.flip(priSide, p.name("b"))
 	if err := r.Scrub(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(readFile(t, filepath.Join(bak, "a.wasm")), module(300, 0)) {
+	if !bytes.Equal(p.read(bakSide, p.name("a")), module(300, 0)) {
 		t.Error("backup of a not repaired")
 	}
-	if !bytes.Equal(readFile(t, filepath.Join(dir, "b.wasm")), module(300, 1)) {
+	if !bytes.Equal(p.read(priSide, p.name("b")), module(300, 1)) {
 		t.Error("primary of b not repaired")
 	}
 	if len(log.lines("level=WARN", "scrub", "repaired")) != 2 {
 		t.Errorf("want two repairs logged:\n%s", log.String())
 	}
-	flip(t, filepath.Join(dir, "c.wasm"))
-	flip(t, filepath.Join(bak, "c.wasm"))
+	p.flip(priSide, p.name("c"))
+	p.flip(bakSide, p.name("c"))
 	err := r.Scrub(ctx)
 	wantKind(t, err, fs.IO, "Scrub with c lost")
 	if !strings.Contains(err.Error(), "[c]") {
@@ -805,9 +843,11 @@ func TestOpenRefusals(t *testing.T) {
 	wantKind(t, err, fs.Invalid, "Open with the backup in the primary directory")
 }
 
-func TestClosedAndCanceled(t *testing.T) {
-	dir, bak := dirs(t)
-	r := open(t, dir, Options{Backup: bak})
+func TestClosedAndCanceled(t *testing.T) { bothKinds(t, testClosedAndCanceled) }
+
+func testClosedAndCanceled(t *testing.T, k kind) {
+	p := k.place(t)
+	r := p.open(p.backup(Options{}))
 	put(t, r, "a", module(100, 1))
 
 	canceled, cancel := context.WithCancel(ctx)
