@@ -112,7 +112,7 @@ func (d *dir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, err = s.head(ctx, s.key(p))
+	_, err = s.headRecent(ctx, s.key(p))
 	if err == nil {
 		return &file{s.node(p)}, nil
 	}
@@ -131,9 +131,10 @@ func (d *dir) Lookup(ctx context.Context, name string) (fs.Node, error) {
 
 // ReadDir lists the files and directories in d, sorted by name, each
 // once. Keys under d that are no valid name (an empty element, "..") are
-// not part of the tree and not listed. A listing has no metadata: it
-// gives files and directories the default permission bits, and
-// directories the store's start time; Stat gives what they keep.
+// not part of the tree and not listed. A listing has no metadata, so each
+// file is described by a HEAD (listHeads at a time), which Lookup and Stat
+// then use for AttrTTL; directories get the default permission bits and
+// the store's start time here, and Stat gives what they keep.
 func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 	const op = "readdir"
 	s := d.s
@@ -170,8 +171,20 @@ func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 	if !exists {
 		return nil, &fs.Error{Op: op, Path: p, Kind: fs.NotExist}
 	}
+	// A listing has no metadata: a HEAD of each file gives its mode and
+	// time, and stands in for Lookup's and Stat's for a while.
+	var keys []string
+	for name, e := range ents {
+		if !e.IsDir() {
+			keys = append(keys, prefix+name)
+		}
+	}
+	full := s.headAll(ctx, keys)
 	list := make([]fs.Info, 0, len(ents))
-	for _, e := range ents {
+	for name, e := range ents {
+		if oi, ok := full[prefix+name]; ok {
+			e = fileInfo(name, oi)
+		}
 		list = append(list, e)
 	}
 	slices.SortFunc(list, func(a, b fs.Info) int { return strings.Compare(a.Name, b.Name) })

@@ -17,7 +17,8 @@ import (
 // file is a regular file of the store: the object PREFIX/P.
 type file struct{ *node }
 
-// Stat describes the file, from a HEAD of its object.
+// Stat describes the file, from a HEAD of its object (or one at most
+// AttrTTL old).
 func (f *file) Stat(ctx context.Context) (fs.Info, error) {
 	const op = "stat"
 	s := f.s
@@ -25,7 +26,7 @@ func (f *file) Stat(ctx context.Context) (fs.Info, error) {
 	if err != nil {
 		return fs.Info{}, err
 	}
-	oi, err := s.head(ctx, s.key(p))
+	oi, err := s.headRecent(ctx, s.key(p))
 	if err != nil {
 		return fs.Info{}, s.fail(op, p, err)
 	}

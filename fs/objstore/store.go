@@ -32,6 +32,7 @@ type Store struct {
 	where string // s3://BUCKET/PREFIX, for the log and errors
 	log   *slog.Logger
 	cache *blockCache
+	attrs attrs     // recent descriptions of objects (AttrTTL)
 	start time.Time // the time of directories that keep none
 
 	stage string   // this store's staging directory
@@ -247,6 +248,7 @@ func (s *Store) head(ctx context.Context, key string) (minio.ObjectInfo, error) 
 	ctx, cancel := s.deadline(ctx, 0)
 	defer cancel()
 	oi, err := s.c.StatObject(ctx, s.cfg.Bucket, key, minio.StatObjectOptions{})
+	s.attrs.forget(key) // what stood in for this HEAD is older
 	return oi, cause(ctx, err)
 }
 
@@ -356,6 +358,7 @@ func (s *Store) download(ctx context.Context, key, etag string, size int64, w io
 func (s *Store) put(ctx context.Context, key string, r io.ReaderAt, size int64, meta map[string]string, ifNone bool) (minio.UploadInfo, error) {
 	ctx, cancel := s.deadline(ctx, size)
 	defer cancel()
+	defer s.attrs.forget(key)
 	opts := minio.PutObjectOptions{
 		UserMetadata: meta,
 		ContentType:  "application/octet-stream",
@@ -389,6 +392,7 @@ const maxCopy = 5 << 30
 func (s *Store) copy(ctx context.Context, from, etag string, size int64, to string, meta map[string]string) error {
 	ctx, cancel := s.deadline(ctx, size)
 	defer cancel()
+	defer s.attrs.forget(to)
 	dst := minio.CopyDestOptions{Bucket: s.cfg.Bucket, Object: to, UserMetadata: meta, ReplaceMetadata: true}
 	src := minio.CopySrcOptions{Bucket: s.cfg.Bucket, Object: from, MatchETag: etag}
 	var err error
@@ -406,6 +410,7 @@ func (s *Store) remove(ctx context.Context, key string) error {
 	defer cancel()
 	err := s.c.RemoveObject(ctx, s.cfg.Bucket, key, minio.RemoveObjectOptions{})
 	s.cache.forget(key)
+	s.attrs.forget(key)
 	return cause(ctx, err)
 }
 
