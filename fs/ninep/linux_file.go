@@ -206,15 +206,38 @@ func (f *lfile) walk(names []string, getattr bool) ([]p9.QID, p9.File, p9.AttrMa
 	return qids, nf, valid, attr, nil
 }
 
-// GetAttr implements p9.File.
+// GetAttr implements p9.File. A fid with an open handle describes the
+// file it has open, where the handle can (fs.HandleStater): after an
+// unlink, or a rename or atomic rewrite over its name, that is no longer
+// the file at the fid's path, and fstat(2) of an open file asks for it.
 func (f *lfile) GetAttr(p9.AttrMask) (p9.QID, p9.AttrMask, p9.Attr, error) {
-	n, path := f.where()
-	info, err := n.Stat(f.lc.ctx)
+	f.mu.Lock()
+	n, path, h := f.node, f.path, f.h
+	f.mu.Unlock()
+	var (
+		info fs.Info
+		err  error
+	)
+	if hs := handleStater(h); hs != nil {
+		info, err = hs.Stat(f.lc.ctx)
+	} else {
+		info, err = n.Stat(f.lc.ctx)
+	}
 	if err != nil {
 		return p9.QID{}, p9.AttrMask{}, p9.Attr{}, f.lc.fail("getattr", path, err)
 	}
 	valid, attr := lattr(info)
 	return lqid(info, path), valid, attr, nil
+}
+
+// handleStater is h as an fs.HandleStater, or nil if it is none (or
+// there is no handle).
+func handleStater(h fs.Handle) fs.HandleStater {
+	if c, ok := h.(*countedHandle); ok {
+		h = c.Handle
+	}
+	hs, _ := h.(fs.HandleStater)
+	return hs
 }
 
 // SetAttr implements p9.File. Owners do not exist in the tree: changing

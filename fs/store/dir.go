@@ -6,7 +6,9 @@ import (
 	iofs "io/fs"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"strata/fs"
@@ -315,9 +317,15 @@ func (s *Store) clearTemps(p string) bool {
 	return true
 }
 
-// Rename moves the entry oldName to newDir/newName, replacing a file
-// there (but not a directory: that is an Exist error). newDir must be a
-// directory of the same store.
+// Rename moves the entry oldName to newDir/newName as rename(2) does: a
+// file replaces a file there, and a directory an empty directory there
+// (one that holds only the temporary files of pending rewrites counts as
+// empty, as for Remove, and those rewrites are lost). A directory is not
+// moved over a directory that is not empty (an Exist error, as rename(2)
+// may say: EEXIST or ENOTEMPTY), nor over a file (NotDir), nor a file over
+// a directory (IsDir). The replacement is one rename on the disk: a crash
+// leaves the old tree or the new one. newDir must be a directory of the
+// same store.
 func (d *dir) Rename(ctx context.Context, oldName string, newDir fs.Dir, newName string) error {
 	const op = "rename"
 	s := d.s
@@ -352,7 +360,7 @@ func (d *dir) rename(ctx context.Context, op, oldName string, nd *dir, newName s
 		}
 		return from, nil, nil
 	}
-	if err := s.disk.Rename(from, to); err != nil {
+	if err := s.renameEntry(op, from, to); err != nil {
 		return from, nil, fail(op, from, err)
 	}
 	s.moved(from, to)
@@ -361,4 +369,100 @@ func (d *dir) rename(ctx context.Context, op, oldName string, nd *dir, newName s
 		return from, nil, fail(op, from, err)
 	}
 	return from, dirs, nil
+}
+
+// Errors of a rename onto a directory.
+var (
+	errOntoDir  = errors.New("only a directory can replace a directory")
+	errDirInUse = errors.New("the target directory is not empty")
+)
+
+// renameEntry renames the entry from to to, replacing what is at to as
+// rename(2) does. The disk's Rename serves every case but one: os.Root
+// refuses any directory at the target (it checks as os.Rename does), so
+// a directory goes over a directory through replaceDir. s.ns is held for
+// writing.
+func (s *Store) renameEntry(op, from, to string) error {
+	tfi, err := s.disk.Lstat(to)
+	if err != nil || !tfi.IsDir() {
+		return s.disk.Rename(from, to) // nothing there, or not a directory
+	}
+	ffi, err := s.disk.Lstat(from)
+	if err != nil {
+		return err
+	}
+	if !ffi.IsDir() {
+		return &fs.Error{Kind: fs.IsDir, Err: errOntoDir}
+	}
+	err = s.replaceDir(from, to)
+	if notEmpty(err) && s.clearTemps(to) {
+		err = s.replaceDir(from, to)
+	}
+	if notEmpty(err) {
+		return &fs.Error{Kind: fs.Exist, Err: errDirInUse}
+	}
+	return err
+}
+
+// notEmpty reports whether err is rename(2)'s refusal of a directory
+// that is not empty (EEXIST where os.Root refuses any directory).
+func notEmpty(err error) bool {
+	return errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST)
+}
+
+// dirReplacer is a disk that can rename a directory over an empty one,
+// which its Rename refuses.
+type dirReplacer interface {
+	replaceDir(oldname, newname string) error
+}
+
+// replaceDir renames the directory from over the directory to, if it is
+// empty, in one rename on the disk. s.ns is held for writing.
+func (s *Store) replaceDir(from, to string) error {
+	if r, ok := s.disk.(dirReplacer); ok {
+		return r.replaceDir(from, to)
+	}
+	return s.disk.Rename(from, to)
+}
+
+// procFD reports whether this system names open descriptors in
+// /proc/self/fd, as Linux does.
+var procFD = sync.OnceValue(func() bool {
+	fi, err := os.Stat("/proc/self/fd")
+	return err == nil && fi.IsDir()
+})
+
+// replaceDir implements dirReplacer with rename(2) itself, which
+// replaces an empty directory. The directories that hold the two names
+// are opened through the root and given to rename(2) as /proc/self/fd/N,
+// followed by the last element of each name: the descriptors are inside
+// the root, and rename(2) does not follow a last element, so no link
+// leads outside. Where /proc is not there, it is Root.Rename, which
+// refuses the directory at newname.
+func (d *osDisk) replaceDir(oldname, newname string) error {
+	if !procFD() {
+		return d.root.Rename(oldname, newname)
+	}
+	fail := func(err error) error { return &os.LinkError{Op: "renameat", Old: oldname, New: newname, Err: err} }
+	op, ob := fs.Split(oldname)
+	np, nb := fs.Split(newname)
+	of, err := d.root.OpenFile(osPath(op), os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer of.Close()
+	nf, err := d.root.OpenFile(osPath(np), os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer nf.Close()
+	if err := syscall.Rename(fdPath(of, ob), fdPath(nf, nb)); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// fdPath names the entry name of the open directory f.
+func fdPath(f *os.File, name string) string {
+	return "/proc/self/fd/" + strconv.FormatUint(uint64(f.Fd()), 10) + "/" + name
 }

@@ -115,7 +115,12 @@ func (f *file) rewrite(op string, like os.FileInfo, flag fs.Flag) (*handle, erro
 	if st, ok := like.Sys().(*syscall.Stat_t); ok {
 		t.Chown(int(st.Uid), int(st.Gid)) // fails, harmlessly, without the privilege
 	}
-	return s.newHandle(op, f.node, t, s.node(tp), flag)
+	h, err := s.newHandle(op, f.node, t, s.node(tp), flag)
+	if err != nil {
+		return nil, err
+	}
+	h.like = like
+	return h, nil
 }
 
 // handle is an open file. mu is held for reading by ReadAt and WriteAt,
@@ -128,6 +133,7 @@ type handle struct {
 	mu    sync.RWMutex
 	f     diskFile    // nil once closed
 	tmp   *node       // the temporary file of a pending rewrite, or nil
+	like  os.FileInfo // the file as the rewrite found it
 	dirty atomic.Bool // written since the last fsync
 }
 
@@ -226,7 +232,10 @@ func (h *handle) Sync(ctx context.Context) error {
 // Close makes what was written durable, as Sync does, and closes the
 // Handle. It does so even if ctx is done: a Close is never half done. If
 // it fails, a pending rewrite is discarded and the file keeps its old
-// content. A second Close fails with BadHandle.
+// content. A rewrite that wrote nothing, of a file that is empty and
+// unchanged since it began (one that Create made), leaves the file in
+// place, with its ID and times: it is what the rewrite would make it. A
+// second Close fails with BadHandle.
 func (h *handle) Close(context.Context) error {
 	const op = "close"
 	h.mu.Lock()
@@ -234,7 +243,10 @@ func (h *handle) Close(context.Context) error {
 	if err := h.usable(context.Background(), op); err != nil {
 		return err
 	}
-	err := h.commit(op)
+	var err error
+	if !h.idle() {
+		err = h.commit(op)
+	}
 	if h.tmp != nil {
 		h.s.ns.RLock()
 		h.dropTemp()
@@ -295,6 +307,33 @@ func (h *handle) abandon() {
 	h.f.Close()
 	h.f = nil
 	h.s.unregister(h)
+}
+
+// idle reports whether h is a rewrite that wrote nothing of a file that
+// is empty and unchanged since the rewrite began (the file that Create
+// made, say): the file is already what the rewrite would make it, and
+// closing h leaves it as it is (the same file, with its ID and times)
+// rather than put an empty copy in its place. h.mu is held for writing.
+func (h *handle) idle() bool {
+	if h.tmp == nil || h.like == nil || h.dirty.Load() || h.like.Size() != 0 {
+		return false
+	}
+	s := h.s
+	s.ns.RLock()
+	defer s.ns.RUnlock()
+	if h.n.at.gone || h.tmp.at.gone {
+		return false
+	}
+	fi, err := s.disk.Lstat(h.n.at.path)
+	return err == nil && sameInode(fi, h.like) && fi.Size() == 0 &&
+		fi.Mode() == h.like.Mode() && fi.ModTime().Equal(h.like.ModTime())
+}
+
+// sameInode reports whether a and b describe one inode.
+func sameInode(a, b os.FileInfo) bool {
+	sa, ok1 := a.Sys().(*syscall.Stat_t)
+	sb, ok2 := b.Sys().(*syscall.Stat_t)
+	return ok1 && ok2 && sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 // commit fsyncs what was written and finishes a pending rewrite. h.mu is

@@ -408,7 +408,10 @@ type handle struct {
 	closed atomic.Bool
 }
 
-var _ fs.Handle = (*handle)(nil)
+var (
+	_ fs.Handle       = (*handle)(nil)
+	_ fs.HandleStater = (*handle)(nil)
+)
 
 func (h *handle) check(op string) error {
 	if h.closed.Load() {
@@ -486,6 +489,28 @@ func (h *handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 		}
 	}
 	return done, nil
+}
+
+// Stat implements fs.HandleStater with a getattr of the open fid: it
+// describes the file the handle has open, which after an unlink, or a
+// rename or rewrite over its name, is not the one at its path.
+func (h *handle) Stat(ctx context.Context) (fs.Info, error) {
+	if err := h.check("stat"); err != nil {
+		return fs.Info{}, err
+	}
+	type got struct {
+		qid   p9.QID
+		valid p9.AttrMask
+		attr  p9.Attr
+	}
+	g, err := exec(ctx, h.s, h.s.plan(ctx), "stat", h.path, func() (got, error) {
+		qid, valid, attr, err := h.f.GetAttr(p9.AttrMaskAll)
+		return got{qid, valid, attr}, err
+	}, nil, h.f)
+	if err != nil {
+		return fs.Info{}, err
+	}
+	return infoOf(baseName(h.path), g.qid, g.valid, g.attr), nil
 }
 
 // Sync implements fs.Handle.

@@ -232,8 +232,8 @@ func TestMountShellScenarios(t *testing.T) {
 }
 
 // posixSkip names the cases of go-fuse's posixtest that are not run on the
-// mount, with why: most need what the mount or the store does not offer,
-// on purpose; those marked "known bug" fail for a fault that is known.
+// mount, with why: each needs what the mount or the store does not offer,
+// on purpose.
 var posixSkip = map[string]string{
 	"SymlinkReadlink":     "symlinks: the store refuses them on purpose (nothing may point out of it)",
 	"SetattrSymlink":      "needs a symlink, which the store refuses on purpose",
@@ -246,9 +246,6 @@ var posixSkip = map[string]string{
 	"XAttrLarge":          "extended attributes are not offered (the mount disables them)",
 	"Tmpfile":             "O_TMPFILE is not offered by the mount (EOPNOTSUPP)",
 	"FcntlFlockLocksFile": "FUSE file locks are not offered: the kernel keeps POSIX locks locally, and one process's locks never conflict",
-	"FstatDeleted":        "known bug: fstat(2) of an open file after unlink fails with ENOENT (the mount stats the tree by name, not through the open handle)",
-	"NlinkZero":           "known bug: fstat(2) of an open file replaced by rename(2) says nlink 1, then the new file's attributes (the mount stats the tree by name)",
-	"RenameOpenDir":       "known bug: rename(2) of a directory over an empty directory fails with EEXIST (the store renames with os.Root.Rename, which refuses a directory target)",
 }
 
 func TestMountPosix(t *testing.T) {
