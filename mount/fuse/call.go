@@ -31,6 +31,21 @@ type call struct {
 // panic in f is recovered and becomes EIO.
 func (m *Mounted) do(ctx context.Context, op string, where func() string, f func(context.Context) error, undo func()) (syscall.Errno, bool) {
 	tctx, cancel := context.WithTimeout(ctx, m.timeout)
+	return m.wait(tctx, cancel, op, where, f, undo)
+}
+
+// doBehind is do for a call that no request waits for (a read ahead, a
+// write behind): f's context has no deadline, so that the tree bounds
+// the call by its own rules (a remote tree by its step bound) and does
+// not take the mount's bound for a caller about to give up; the mount
+// stops waiting at its bound as for any call.
+func (m *Mounted) doBehind(op string, where func() string, f func(context.Context) error) (syscall.Errno, bool) {
+	tctx, cancel := context.WithCancel(context.Background())
+	return m.wait(tctx, cancel, op, where, f, nil)
+}
+
+// wait runs f with tctx, which cancel ends, for do and doBehind.
+func (m *Mounted) wait(tctx context.Context, cancel context.CancelFunc, op string, where func() string, f func(context.Context) error, undo func()) (syscall.Errno, bool) {
 	c := &call{result: make(chan error, 1)}
 	go func() {
 		defer cancel()

@@ -17,12 +17,24 @@
 // elsewhere at once. For the same reason the inode number a node shows is
 // a hash of its ID and the path where the kernel first met it, kept across
 // renames through the mount; two names never show one number, so mv, cp
-// and tar do not take two files for one. A node remembers the fs.Node
-// that the tree gave it, and a lookup that finds it again updates it.
+// and tar do not take two files for one. A tree that gives a rewritten
+// file a new ID (the store's atomic rewrite makes a new inode) does not
+// make it a new node when the rewrite was made through the mount: the
+// node keeps its number, as a file rewritten in place would. A node
+// remembers the fs.Node that the tree gave it, and a lookup that finds it
+// again updates it.
 // After a directory is renamed through the mount, every remembered fs.Node
 // is looked up again from its parent when next used, so that trees whose
 // nodes are paths (a remote tree) stay right; a node that a tree reports
 // gone is looked up again by name once before the call fails.
+//
+// A node removed, or replaced by a rename, through the mount has no name
+// left to stat: fstat(2) of a descriptor still open on it is answered by
+// its handle where the handle can describe the file it has open
+// (fs.HandleStater: the store's, a remote tree's), else with the
+// attributes the node last had, with a link count of 0. So is fstat(2)
+// of a file that the tree no longer has at its name (removed behind the
+// mount), where the handle can say.
 //
 // # Caching
 //
@@ -36,10 +48,39 @@
 // no attribute cache at all.
 //
 // File data: regular files use the page cache without FOPEN_KEEP_CACHE,
-// so every open(2) reads what the tree holds now, and writes go straight
-// through to the tree (no write-back cache). Stream files are opened with
-// FOPEN_DIRECT_IO and reported with size 0: every read(2) goes to the tree
-// and is read to EOF, never cut at a size the kernel believes.
+// so every open(2) reads what the tree holds now, and writes go through
+// to the tree (no write-back cache in the kernel; see below for the
+// mount's own). Stream files are opened with FOPEN_DIRECT_IO and
+// reported with size 0: every read(2) goes to the tree and is read to
+// EOF, never cut at a size the kernel believes.
+//
+// # Read-ahead and write-behind
+//
+// Each FUSE request is a call into the tree, and for a remote tree a
+// round trip, so the mount keeps several calls in flight per handle of a
+// regular file. The kernel is asked for reads and writes of up to 1 MiB
+// (MaxWrite), and, where the mount may set it (as root, through sysfs),
+// to read ahead 1 MiB rather than 128 KiB.
+//
+// Reads: once a handle's reads follow each other, it reads the next
+// chunks of the file (1 MiB each, 4 at most, and 256 MiB over the whole
+// mount) in the background and answers reads inside them from memory.
+// Chunks are dropped when the reads stop following them, when the file
+// is written, truncated or rewritten through the mount, and when they
+// are older than the attribute timeout, which bounds how long a change
+// behind the mount goes unseen, as for the kernel's own cache; with no
+// attribute caching there is no read-ahead.
+//
+// Writes: a write to a regular file (not O_APPEND, not O_SYNC, not a
+// Stream file) is answered once it is on its way to the tree; at most 4
+// are under way per handle, and one that overlaps a write under way
+// waits for it, so the last write of a byte wins. Data is acknowledged at
+// FLUSH or fsync(2) only, as before: both wait for every write under way
+// and return the error of one that failed, as does every later write;
+// RELEASE waits for them before it closes the handle. A read, open,
+// truncate, attribute change or fsync(2) of the file waits for the
+// writes under way through every handle of it, so that it sees them; a
+// stat shows the size they make.
 //
 // # Open, Flush, Release
 //
@@ -79,7 +120,8 @@
 // wait for.
 //
 // RELEASE calls fs.Handle.Close (after any call on the handle that the
-// mount gave up waiting for has returned); its error is only logged. A
+// mount gave up waiting for, or that runs behind the requests, has
+// returned); its error is only logged. A
 // stat or open of the file that comes while a Close is under way waits
 // for it (up to Options.Timeout), so the next command sees what the close
 // committed. fsync(2) calls Sync.

@@ -46,11 +46,15 @@ type handle struct {
 
 	// rewrite: the handle writes a new content from nothing (O_TRUNC, or a
 	// new file) that the tree may show only once it syncs; extent is how
-	// much it has written so far; hides: the tree showed the old content
-	// after the O_TRUNC open. See ident.overlay.
+	// far it has written so far (sent to the tree or not); hides: the
+	// tree showed the old content after the O_TRUNC open. See
+	// ident.overlay.
 	rewrite atomic.Bool
 	extent  atomic.Int64
 	hides   bool
+
+	wb *writeBehind // nil: each write is made before it is answered
+	ra *readAhead   // nil: no read-ahead
 
 	mu    sync.Mutex // guards phase and base
 	phase int
@@ -83,6 +87,21 @@ func (m *Mounted) newHandle(n *node, h fs.Handle, fl fs.Flag, flags uint32, stre
 		hd.rewrite.Store(true)
 		n.id.addRewrite(hd)
 	}
+	if fl.Has(fs.Truncate) || flags&syscall.O_TRUNC != 0 {
+		n.id.truncated(0, nil)
+	}
+	// Writes are made behind the requests where their order does not
+	// matter to the tree and no one waits for each: not for a Stream
+	// file (a write is a request, and its error is the request's), nor
+	// with O_APPEND (the tree appends in the order it gets them), nor
+	// with O_SYNC.
+	if !stream && fl.Writable() && !fl.Has(fs.Append) && !hd.osync {
+		hd.wb = newWriteBehind()
+		n.id.addWriter(hd)
+	}
+	if !stream && fl.Readable() && m.attrTTL > 0 {
+		hd.ra = &readAhead{h: hd, gen: n.id.content.Load()}
+	}
 	m.track(hd)
 	return hd
 }
@@ -91,7 +110,28 @@ func (m *Mounted) newHandle(n *node, h fs.Handle, fl fs.Flag, flags uint32, stre
 func (h *handle) synced() {
 	if h.rewrite.Swap(false) {
 		h.n.id.dropRewrite(h)
+		// What other handles wrote went to the file replaced.
+		h.n.id.truncated(0, h)
 	}
+}
+
+// settle waits for the writes of h under way and returns the errno of
+// one that failed, if any. A handle that writes as it is asked has none.
+func (h *handle) settle(ctx context.Context) syscall.Errno {
+	if h.wb == nil {
+		return 0
+	}
+	return h.wb.settle(ctx)
+}
+
+// stater is h's fs.Handle as an fs.HandleStater, or nil if it cannot
+// describe its file (or h is nil).
+func (h *handle) stater() fs.HandleStater {
+	if h == nil {
+		return nil
+	}
+	hs, _ := h.h.(fs.HandleStater)
+	return hs
 }
 
 func (h *handle) fuseFlags() uint32 {
@@ -144,26 +184,42 @@ func getBuf(n int) *[]byte {
 
 // Read implements fusefs.FileReader. A regular file is read until dest is
 // full or the file ends (a short read tells the kernel where the file
-// ends); a Stream file answers with one ReadAt.
+// ends), from what was read ahead as far as it goes; a Stream file
+// answers with one ReadAt. A read waits for the writes under way on the
+// file through the mount, so that it sees them.
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (gofuse.ReadResult, syscall.Errno) {
 	toff := h.offset(off, phaseRead)
-	bp := getBuf(len(dest))
+	h.n.id.settleWriters(ctx)
+	got := 0
+	if h.ra != nil {
+		if res := h.ra.read(ctx, len(dest), toff); res != nil {
+			if res.eof || res.n == len(dest) {
+				return res, 0
+			}
+			got = res.copyTo(dest)
+			res.Done()
+		}
+	}
+	bp := getBuf(len(dest) - got)
 	buf := *bp
 	var n int
 	errno, finished := h.call(ctx, "read", func(ctx context.Context) error {
 		var err error
-		n, err = h.readAt(ctx, buf, toff)
+		n, err = h.readAt(ctx, buf, toff+int64(got))
 		return err
 	})
 	if !finished {
 		return nil, errno // buf stays with the call left running
 	}
 	defer bufPool.Put(bp)
-	if errno != 0 && n == 0 {
+	if errno != 0 && got+n == 0 {
 		return nil, errno
 	}
-	copy(dest, buf[:n])
-	return gofuse.ReadResultData(dest[:n]), 0
+	copy(dest[got:], buf[:n])
+	if h.ra != nil && got == 0 && errno == 0 {
+		h.ra.after(toff, n, len(dest))
+	}
+	return gofuse.ReadResultData(dest[:got+n]), 0
 }
 
 func (h *handle) readAt(ctx context.Context, buf []byte, off int64) (int, error) {
@@ -186,13 +242,71 @@ func (h *handle) readAt(ctx context.Context, buf []byte, off int64) (int, error)
 	return done, nil
 }
 
-// Write implements fusefs.FileWriter.
+// Write implements fusefs.FileWriter. A write to a regular file (not
+// O_APPEND, not O_SYNC) is answered once it is on its way to the tree:
+// behindWrites of them at most are under way at once. One that fails
+// fails the next write, flush, fsync and close of the handle, all of
+// which wait for the writes under way; nothing written is acknowledged
+// before a flush or fsync returns anyway.
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if h.wb == nil {
+		return h.writeNow(ctx, data, off)
+	}
+	end := off + int64(len(data))
+	place, errno := h.wb.reserve(ctx, off, end)
+	if errno != 0 {
+		return 0, errno
+	}
+	bp := getBuf(len(data))
+	buf := *bp
+	copy(buf, data)
+	h.dirty.Store(true)
+	h.grow(end)
+	h.n.id.changed()
+	h.background("write", func(ctx context.Context) error {
+		return h.writeAll(ctx, buf, off)
+	}, func(errno syscall.Errno, finished bool) {
+		if finished {
+			bufPool.Put(bp)
+		}
+		h.wb.done(place, errno)
+	})
+	return uint32(len(data)), 0
+}
+
+// grow records that h has written up to end.
+func (h *handle) grow(end int64) {
+	for {
+		e := h.extent.Load()
+		if end <= e || h.extent.CompareAndSwap(e, end) {
+			return
+		}
+	}
+}
+
+// writeAll writes buf at off, all of it or an error.
+func (h *handle) writeAll(ctx context.Context, buf []byte, off int64) error {
+	for n := 0; n < len(buf); {
+		k, err := h.h.WriteAt(ctx, buf[n:], off+int64(n))
+		n += k
+		if err != nil {
+			return err
+		}
+		if k == 0 {
+			return &fs.Error{Op: "write", Path: h.n.path(), Kind: fs.IO, Err: io.ErrShortWrite}
+		}
+	}
+	return nil
+}
+
+// writeNow makes a write before it answers it.
+func (h *handle) writeNow(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	toff := h.offset(off, phaseWrite)
 	bp := getBuf(len(data))
 	buf := *bp
 	copy(buf, data)
 	h.dirty.Store(true)
+	h.n.id.changed()
 	var n int
 	errno, finished := h.call(ctx, "write", func(ctx context.Context) error {
 		for n < len(buf) {
@@ -215,13 +329,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	}
 	bufPool.Put(bp)
 	if n > 0 && h.rewrite.Load() {
-		end := toff + int64(n)
-		for {
-			e := h.extent.Load()
-			if end <= e || h.extent.CompareAndSwap(e, end) {
-				break
-			}
-		}
+		h.grow(toff + int64(n))
 	}
 	switch {
 	case errno != 0 && (n == 0 || n == len(buf)):
@@ -244,6 +352,10 @@ func (h *handle) Flush(ctx context.Context) syscall.Errno {
 	if !h.dirty.Swap(false) {
 		return 0
 	}
+	if errno := h.settle(ctx); errno != 0 {
+		h.dirty.Store(true)
+		return errno
+	}
 	if fl, ok := h.h.(Flusher); ok {
 		// What is written next is a new request, from offset 0.
 		h.mu.Lock()
@@ -259,8 +371,11 @@ func (h *handle) Flush(ctx context.Context) syscall.Errno {
 	return errno
 }
 
-// sync calls Sync for op.
+// sync calls Sync for op, once the writes under way are made.
 func (h *handle) sync(ctx context.Context, op string) syscall.Errno {
+	if errno := h.settle(ctx); errno != 0 {
+		return errno
+	}
 	errno, _ := h.call(ctx, op, h.h.Sync)
 	if errno == 0 {
 		h.synced()
@@ -268,8 +383,11 @@ func (h *handle) sync(ctx context.Context, op string) syscall.Errno {
 	return errno
 }
 
-// Fsync implements fusefs.FileFsyncer with Sync.
+// Fsync implements fusefs.FileFsyncer with Sync, once the writes under
+// way through every handle of the file are made: fsync(2) makes the
+// file's data durable, whichever descriptor wrote it.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	h.n.id.settleWriters(ctx)
 	dirty := h.dirty.Swap(false)
 	errno := h.sync(ctx, "fsync")
 	if errno != 0 && dirty {
@@ -295,6 +413,9 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 // close committed.
 func (h *handle) release() {
 	h.n.id.beginClose()
+	if h.ra != nil {
+		h.ra.stop()
+	}
 	if h.running.Load() == 0 {
 		h.close()
 		return
@@ -307,8 +428,14 @@ func (h *handle) release() {
 
 func (h *handle) close() {
 	h.once.Do(func() {
+		if h.wb != nil {
+			if errno := h.wb.err(); errno != 0 {
+				h.m.log.Warn("fuse: closing a handle after a write failed", "path", show(h.n.path()), "errno", errno.Error())
+			}
+		}
 		h.m.do(context.Background(), "close", h.n.path, h.h.Close, nil)
 		h.synced()
+		h.n.id.dropWriter(h)
 		h.n.id.endClose()
 	})
 }

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -86,6 +88,7 @@ type Mounted struct {
 	handles map[*handle]struct{}
 
 	running atomic.Int64 // calls left running past their bound
+	ahead   atomic.Int64 // bytes of read-ahead held, for aheadBudget
 }
 
 // Mount mounts root at mountpoint, an existing directory, and serves it
@@ -151,6 +154,9 @@ func Mount(ctx context.Context, root fs.Dir, mountpoint string, opts Options) (*
 			Debug:         opts.Debug,
 			Logger:        goLog,
 			DisableXAttrs: true,
+			// The largest reads and writes the kernel sends: fewer
+			// calls into the tree (round trips, for a remote tree).
+			MaxWrite: maxWrite,
 			// O_TRUNC comes with OPEN, not as a SETATTR before it, so a
 			// tree can replace a rewritten file atomically.
 			ExtraCapabilities: gofuse.CAP_ATOMIC_O_TRUNC,
@@ -185,8 +191,59 @@ func Mount(ctx context.Context, root fs.Dir, mountpoint string, opts Options) (*
 		}
 		return nil, fmt.Errorf("fuse: mount %s: %w", mp, err)
 	}
+	m.tuneReadAhead()
 	m.log.Debug("fuse: mounted", "mountpoint", mp)
 	return m, nil
+}
+
+// kernelReadAhead is the read-ahead the kernel is asked to keep on the
+// mount's files (its own default is 128 KiB): with it the kernel asks for
+// up to MaxWrite bytes at a time, and fewer requests cross the mount.
+const kernelReadAhead = 1 << 20
+
+// tuneReadAhead sets the kernel's read-ahead for the mount: the
+// read_ahead_kb of its backing device in sysfs, named by the device
+// number that /proc/self/mountinfo gives the mount point. Only root may;
+// without the privilege, or without sysfs, the kernel's default stays.
+func (m *Mounted) tuneReadAhead() {
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	dev := ""
+	for _, line := range strings.Split(string(info), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && unescapeMount(f[4]) == m.mountpoint {
+			dev = f[2] // the last mount there wins
+		}
+	}
+	if dev == "" || strings.ContainsAny(dev, "/.") {
+		return
+	}
+	p := "/sys/class/bdi/" + dev + "/read_ahead_kb"
+	if err := os.WriteFile(p, []byte(strconv.Itoa(kernelReadAhead>>10)), 0); err != nil {
+		m.log.Debug("fuse: the kernel's read-ahead stays as it is", "file", p, "err", err)
+	}
+}
+
+// unescapeMount undoes the octal escapes (\040 for a space) of a path in
+// /proc/self/mountinfo.
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 func ttl(d time.Duration) time.Duration {

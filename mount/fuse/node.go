@@ -8,6 +8,7 @@ import (
 	iofs "io/fs"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"weak"
@@ -42,8 +43,17 @@ type ident struct {
 	epoch    uint64  // the mount's epoch when node was resolved
 	stream   bool    // the node is a Stream file
 	rewrites map[*handle]struct{}
-	closing  int           // handles being closed
-	idle     chan struct{} // closed when closing drops to 0
+	writers  map[*handle]struct{} // handles that write behind (handle.wb)
+	// content counts the changes of the content through the mount: a
+	// read-ahead is good only in the generation it was read in.
+	content atomic.Uint64
+	// rewritten: a rewrite through the mount has replaced the file, and
+	// the tree may have given it a new ID (see Mounted.adopt).
+	rewritten bool
+	closing   int           // handles being closed
+	idle      chan struct{} // closed when closing drops to 0
+	last      fs.Info       // the attributes the kernel was last given
+	known     bool          // last is set
 }
 
 // identKey is the identity of a node: its inode number, type and path.
@@ -86,6 +96,21 @@ func (id *ident) setStream(s bool) {
 	id.mu.Unlock()
 }
 
+// remember records info as the attributes the kernel was last given for
+// id, which a node removed through the mount keeps (see lastInfo).
+func (id *ident) remember(info fs.Info) {
+	id.mu.Lock()
+	id.last, id.known = info, true
+	id.mu.Unlock()
+}
+
+// lastInfo returns the attributes the kernel was last given for id.
+func (id *ident) lastInfo() (fs.Info, bool) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.last, id.known
+}
+
 // addRewrite and dropRewrite track the handles of id that are writing a
 // new content the tree may not show until they sync (an atomic rewrite).
 func (id *ident) addRewrite(h *handle) {
@@ -97,30 +122,100 @@ func (id *ident) addRewrite(h *handle) {
 	id.rewrites[h] = struct{}{}
 }
 
+// dropRewrite ends the rewrite of h: it is in the tree, or lost.
 func (id *ident) dropRewrite(h *handle) {
 	id.mu.Lock()
 	delete(id.rewrites, h)
+	id.rewritten = true
 	id.mu.Unlock()
+}
+
+// addWriter and dropWriter track the handles of id that write behind the
+// requests (handle.wb), whose writes may not be in the tree yet.
+func (id *ident) addWriter(h *handle) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.writers == nil {
+		id.writers = map[*handle]struct{}{}
+	}
+	id.writers[h] = struct{}{}
+}
+
+func (id *ident) dropWriter(h *handle) {
+	id.mu.Lock()
+	delete(id.writers, h)
+	id.mu.Unlock()
+}
+
+// settleWriters waits until the writes under way through every handle of
+// id are in the tree (or ctx ends), so that what comes next sees them.
+func (id *ident) settleWriters(ctx context.Context) {
+	id.mu.Lock()
+	if len(id.writers) == 0 {
+		id.mu.Unlock()
+		return
+	}
+	hs := make([]*handle, 0, len(id.writers))
+	for h := range id.writers {
+		hs = append(hs, h)
+	}
+	id.mu.Unlock()
+	for _, h := range hs {
+		h.wb.wait(ctx)
+	}
+}
+
+// changed records that the content of id changes through the mount:
+// what was read ahead is stale.
+func (id *ident) changed() { id.content.Add(1) }
+
+// truncated records that id was cut or extended to size through the
+// mount, or, with except not nil, replaced by what except wrote: what its
+// other handles wrote ends there at most.
+func (id *ident) truncated(size int64, except *handle) {
+	id.changed()
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	for h := range id.writers {
+		for h != except {
+			e := h.extent.Load()
+			if e <= size || h.extent.CompareAndSwap(e, size) {
+				break
+			}
+		}
+	}
 }
 
 // overlay returns info as the mount's writers see it: while handles
 // write a new content that the tree does not show yet, the file is at
 // least as long as what they wrote, and if the tree still shows the old
-// content of a file opened with O_TRUNC, exactly that long.
+// content of a file opened with O_TRUNC, exactly that long. A handle that
+// writes behind the requests may have written further than the tree
+// shows: the file is at least as long as that too.
 func (id *ident) overlay(info fs.Info) fs.Info {
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	if len(id.rewrites) == 0 {
+	if len(id.rewrites) == 0 && len(id.writers) == 0 {
 		return info
 	}
-	var size int64
-	hidden := false
-	for h := range id.rewrites {
-		size = max(size, h.extent.Load())
-		hidden = hidden || h.hides
+	size := info.Size
+	if len(id.rewrites) > 0 {
+		var written int64
+		hidden := false
+		for h := range id.rewrites {
+			written = max(written, h.extent.Load())
+			hidden = hidden || h.hides
+		}
+		if hidden {
+			size = written
+		} else {
+			size = max(size, written)
+		}
 	}
-	if !hidden {
-		size = max(size, info.Size)
+	for h := range id.writers {
+		if !h.rewrite.Load() {
+			size = max(size, h.extent.Load())
+		}
 	}
 	info.Size = size
 	return info
@@ -183,6 +278,48 @@ func (m *Mounted) identFor(k identKey, n fs.Node, epoch uint64, stream bool) *id
 	m.idents[k] = weak.Make(id)
 	runtime.AddCleanup(id, m.dropIdent, id.box)
 	return id
+}
+
+// adopt keeps the identity of the file that the kernel knows as name in
+// parent when a rewrite through the mount has replaced it: the tree (the
+// store) may give the new content a new ID, and k, the key found now,
+// differs from the node's by that ID alone. The node takes k, so that the
+// lookup finds the node the kernel has, with its inode number, as a
+// rewrite in place would: a descriptor open on it still follows the name
+// (a later unlink or rename over it reaches it), and tools see one file.
+func (m *Mounted) adopt(parent *node, name string, k identKey) {
+	ch := parent.GetChild(name)
+	if ch == nil {
+		return
+	}
+	cn, ok := ch.Operations().(*node)
+	if !ok || cn.id.box == nil {
+		return
+	}
+	id := cn.id
+	id.mu.Lock()
+	rewritten := id.rewritten && id.mode == k.mode
+	id.mu.Unlock()
+	if !rewritten {
+		return
+	}
+	m.imu.Lock()
+	defer m.imu.Unlock()
+	old := id.box.key
+	if old == k || old.path != k.path || old.mode != k.mode {
+		return
+	}
+	if wp, ok := m.idents[k]; ok && wp.Value() != nil {
+		return // a node of its own already
+	}
+	if wp, ok := m.idents[old]; ok && wp.Value() == id {
+		delete(m.idents, old)
+	}
+	m.idents[k] = weak.Make(id)
+	id.box.key = k
+	id.mu.Lock()
+	id.rewritten = false
+	id.mu.Unlock()
 }
 
 // dropIdent forgets an ident's key once no kernel node uses it.
@@ -390,8 +527,11 @@ func (m *Mounted) newChild(ctx context.Context, parent *node, name string, c fs.
 		return nil, m.errno("lookup", parent.childPath(name), &fs.Error{Op: "lookup", Path: fs.Join(parent.path(), name), Kind: fs.IO, Err: errNotNode})
 	}
 	stream := info.Stream && !isDir
-	id := m.identFor(keyOf(info, isDir, fs.Join(parent.path(), name)), c, epoch, stream)
+	k := keyOf(info, isDir, fs.Join(parent.path(), name))
+	m.adopt(parent, name, k)
+	id := m.identFor(k, c, epoch, stream)
 	ch := parent.NewInode(ctx, &node{m: m, id: id, isDir: isDir}, id.attr())
+	id.remember(info)
 	m.fillEntry(out, id.overlay(info), isDir)
 	return ch, 0
 }
@@ -458,9 +598,21 @@ func (n *node) Lookup(ctx context.Context, name string, out *gofuse.EntryOut) (*
 	return n.m.newChild(ctx, n, name, c, info, epoch, out)
 }
 
-// Getattr implements fusefs.NodeGetattrer.
-func (n *node) Getattr(ctx context.Context, _ fusefs.FileHandle, out *gofuse.AttrOut) syscall.Errno {
+// Getattr implements fusefs.NodeGetattrer. A node that still has a name
+// is described by the tree's node at that name. One that was removed, or
+// replaced by a rename, through the mount is not at its name any more:
+// fstat(2) of an open descriptor of it is answered by the open handle,
+// where it can describe the file it has open (fs.HandleStater), else with
+// the attributes the node last had, with no links. go-fuse hands an open
+// handle of the node to a stat by name too, so the handle is asked only
+// when the name cannot be: the node is unlinked, or its name is gone
+// from the tree (removed behind the mount).
+func (n *node) Getattr(ctx context.Context, fh fusefs.FileHandle, out *gofuse.AttrOut) syscall.Errno {
 	n.id.waitClosed(ctx, n.m.timeout)
+	h, _ := fh.(*handle)
+	if n.unlinked() {
+		return n.getattrUnlinked(ctx, h, out)
+	}
 	var info fs.Info
 	errno, _ := n.m.do(ctx, "stat", n.path, func(ctx context.Context) error {
 		return n.withNode(ctx, func(c fs.Node) (err error) {
@@ -468,11 +620,48 @@ func (n *node) Getattr(ctx context.Context, _ fusefs.FileHandle, out *gofuse.Att
 			return err
 		})
 	}, nil)
+	if errno == syscall.ENOENT && h != nil && h.stater() != nil {
+		return n.getattrUnlinked(ctx, h, out)
+	}
 	if errno != 0 {
 		return errno
 	}
 	n.id.setStream(info.Stream && !n.isDir)
+	n.id.remember(info)
 	n.m.fillAttr(&out.Attr, n.id.overlay(info), n.isDir)
+	out.SetTimeout(n.m.attrTTLFor(info, n.isDir))
+	return 0
+}
+
+// unlinked reports whether n was removed, or replaced by a rename,
+// through the mount: the kernel no longer reaches it by any name.
+func (n *node) unlinked() bool {
+	if n.IsRoot() {
+		return false
+	}
+	_, parent := n.Parent()
+	return parent == nil
+}
+
+// getattrUnlinked describes a node that has no name: through h, the open
+// handle the request came with, if it can say, else as it last was.
+func (n *node) getattrUnlinked(ctx context.Context, h *handle, out *gofuse.AttrOut) syscall.Errno {
+	var info fs.Info
+	if hs := h.stater(); hs != nil {
+		errno, _ := h.call(ctx, "fstat", func(ctx context.Context) (err error) {
+			info, err = hs.Stat(ctx)
+			return err
+		})
+		if errno != 0 {
+			return errno
+		}
+	} else if last, ok := n.id.lastInfo(); ok {
+		info = last
+	} else {
+		return n.m.refuse("stat", n.path, syscall.ENOENT, "the node was removed")
+	}
+	n.m.fillAttr(&out.Attr, n.id.overlay(info), n.isDir)
+	out.Attr.Nlink = 0
 	out.SetTimeout(n.m.attrTTLFor(info, n.isDir))
 	return 0
 }
@@ -503,6 +692,9 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *gofuse.Set
 	if gid, ok := in.GetGID(); ok && gid != n.m.gid {
 		return n.m.refuse("setattr", n.path, syscall.EPERM, "groups cannot be changed")
 	}
+	// The change comes after the writes under way through the mount, as
+	// it would have if they had been made when they were answered.
+	n.id.settleWriters(ctx)
 	h, _ := fh.(*handle)
 	if h != nil && a.Size != nil && h.rewrite.Load() {
 		// A size set through a handle that is rewriting the file: the
@@ -530,6 +722,10 @@ func (n *node) Setattr(ctx context.Context, fh fusefs.FileHandle, in *gofuse.Set
 	if h != nil && a.Size != nil {
 		h.dirty.Store(true)
 	}
+	if a.Size != nil {
+		n.id.truncated(*a.Size, nil)
+	}
+	n.id.remember(info)
 	n.m.fillAttr(&out.Attr, n.id.overlay(info), n.isDir)
 	out.Ino = n.StableAttr().Ino // go-fuse sets it after Getattr, not after Setattr
 	out.SetTimeout(n.m.attrTTLFor(info, n.isDir))
@@ -553,6 +749,7 @@ func openFlag(flags uint32) fs.Flag {
 // Linux does, by setting the size to 0 before opening.
 func (n *node) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	n.id.waitClosed(ctx, n.m.timeout)
+	n.id.settleWriters(ctx)
 	fl := openFlag(flags)
 	truncRO := flags&syscall.O_TRUNC != 0 && !fl.Writable()
 	var (
@@ -822,6 +1019,7 @@ func (d *dirHandle) load(ctx context.Context) syscall.Errno {
 			continue
 		}
 		k := keyOf(info, info.IsDir(), fs.Join(p, info.Name))
+		n.m.adopt(n, info.Name, k)
 		d.entries = append(d.entries, gofuse.DirEntry{Name: info.Name, Mode: k.mode, Ino: d.n.m.inoOf(k)})
 		d.infos[info.Name] = info
 	}
@@ -870,8 +1068,11 @@ func (d *dirHandle) Lookup(ctx context.Context, name string, out *gofuse.EntryOu
 	}
 	n := d.n
 	isDir := info.IsDir()
-	id := n.m.identFor(keyOf(info, isDir, fs.Join(n.path(), name)), nil, 0, info.Stream && !isDir)
+	k := keyOf(info, isDir, fs.Join(n.path(), name))
+	n.m.adopt(n, name, k)
+	id := n.m.identFor(k, nil, 0, info.Stream && !isDir)
 	ch := n.NewInode(ctx, &node{m: n.m, id: id, isDir: isDir}, id.attr())
+	id.remember(info)
 	n.m.fillEntry(out, id.overlay(info), isDir)
 	return ch, 0
 }
