@@ -272,9 +272,11 @@ func (cfg Config) withDefaults() (Config, error) {
 	return cfg, nil
 }
 
-// credentials returns the credentials of cfg and says where they came
-// from, for error messages.
-func (cfg Config) credentials() (*credentials.Credentials, string, error) {
+// LoadCredentials returns the credentials of cfg (Credentials, else the
+// environment, else the shared credentials file) and says where they came
+// from, for error messages. Other users of the same URLs (the cloud's app
+// repository) take theirs from here too.
+func (cfg Config) LoadCredentials() (*credentials.Credentials, string, error) {
 	if c := cfg.Credentials; c != nil {
 		if c.AccessKeyID == "" || c.SecretAccessKey == "" {
 			return nil, "", errors.New("the configured credentials lack an access key ID or a secret")

@@ -58,7 +58,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	where := "s3://" + cfg.Bucket + "/" + cfg.Prefix
-	creds, from, err := cfg.credentials()
+	creds, from, err := cfg.LoadCredentials()
 	if err != nil {
 		return nil, &fs.Error{Op: op, Path: where, Kind: fs.Permission, Err: err}
 	}

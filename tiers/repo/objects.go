@@ -9,13 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"strata/fs"
 	"strata/fs/objstore"
@@ -66,7 +63,7 @@ func openObjSide(ctx context.Context, name, raw string, log *slog.Logger) (*objS
 		return nil, err
 	}
 	where := "s3://" + cfg.Bucket + "/" + cfg.Prefix
-	creds, from, err := objCredentials()
+	creds, from, err := cfg.LoadCredentials()
 	if err != nil {
 		return nil, &fs.Error{Op: "open repo", Path: where, Kind: fs.Permission, Err: err}
 	}
@@ -82,40 +79,6 @@ func openObjSide(ctx context.Context, name, raw string, log *slog.Logger) (*objS
 		return nil, err
 	}
 	return s, nil
-}
-
-// objCredentials are the credentials from AWS_ACCESS_KEY_ID and
-// AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or else from the shared
-// credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials,
-// profile AWS_PROFILE or "default"), as package objstore takes them. It
-// also says where they came from.
-func objCredentials() (*credentials.Credentials, string, error) {
-	env := &credentials.EnvAWS{}
-	if v, _ := env.Retrieve(); v.AccessKeyID != "" && v.SecretAccessKey != "" {
-		return credentials.New(env), "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", nil
-	}
-	file := os.Getenv("AWS_SHARED_CREDENTIALS_FILE")
-	if file == "" {
-		if home, err := os.UserHomeDir(); err == nil {
-			file = filepath.Join(home, ".aws", "credentials")
-		}
-	}
-	profile := os.Getenv("AWS_PROFILE")
-	if profile == "" {
-		profile = "default"
-	}
-	if _, err := os.Stat(file); file != "" && err == nil {
-		fp := &credentials.FileAWSCredentials{Filename: file, Profile: profile}
-		v, err := fp.Retrieve()
-		if err == nil && v.AccessKeyID != "" && v.SecretAccessKey != "" {
-			return credentials.New(fp), fmt.Sprintf("%s (profile %s)", file, profile), nil
-		}
-		if err == nil {
-			err = errors.New("no aws_access_key_id and aws_secret_access_key there")
-		}
-		return nil, "", fmt.Errorf("no credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set, and the credentials file %s (profile %s) cannot be used: %v", file, profile, err)
-	}
-	return nil, "", fmt.Errorf("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put them in the credentials file %s (profile %s)", file, profile)
 }
 
 // probe lists the prefix once, to report a missing bucket or refused
