@@ -42,6 +42,20 @@ func TestEdgesShareObjectStore(t *testing.T) {
 		t.Fatalf("edge 1 reads %q, %v", got, err)
 	}
 
+	// Wait (bounded) for the pinned replica and its compiled module, so
+	// that the first call through the mount is not also the app's first.
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		out, errs, err := strataRun(bin, "hi", "call", "-addr", edges[0].local, "upper")
+		if err == nil && out == "HI" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("upper never answered: %q %q %v", out, errs, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
 	// A client mounted with both edges.
 	mnt := filepath.Join(dir, "mnt")
 	os.MkdirAll(mnt, 0o755)
@@ -65,7 +79,7 @@ func TestEdgesShareObjectStore(t *testing.T) {
 	}
 	edges[which].cmd.Process.Kill()
 	<-edges[which].done
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		out, err := sh(mnt, "cat store/before && echo after > store/after && cat store/after")
 		if err == nil && out == "kept\nafter\n" {
