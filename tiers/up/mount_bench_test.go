@@ -32,14 +32,18 @@ import (
 //	STRATA_BENCH_MIB=64 go test -run '^$' -bench BenchmarkMountSeq -benchtime 3x ./tiers/up/
 
 // benchMiB is the size of the sequential file: STRATA_BENCH_MIB, or 256.
-func benchMiB(b *testing.B) int {
-	s := os.Getenv("STRATA_BENCH_MIB")
+func benchMiB(b *testing.B) int { return benchSize(b, "STRATA_BENCH_MIB", 256, "MiB") }
+
+// benchSize is the positive number in the environment variable env, or def
+// if it is unset; what names its unit in the refusal of anything else.
+func benchSize(b *testing.B, env string, def int, what string) int {
+	s := os.Getenv(env)
 	if s == "" {
-		return 256
+		return def
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n <= 0 {
-		b.Fatalf("STRATA_BENCH_MIB=%q: want a positive number of MiB", s)
+		b.Fatalf("%s=%q: want a positive number of %s", env, s, what)
 	}
 	return n
 }

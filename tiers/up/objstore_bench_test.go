@@ -39,17 +39,7 @@ const objBenchBucket = "strata-bench"
 
 // objBenchFiles is the size of the listed directory: STRATA_BENCH_FILES,
 // or 10,000.
-func objBenchFiles(b *testing.B) int {
-	s := os.Getenv("STRATA_BENCH_FILES")
-	if s == "" {
-		return 10_000
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		b.Fatalf("STRATA_BENCH_FILES=%q: want a positive number of files", s)
-	}
-	return n
-}
+func objBenchFiles(b *testing.B) int { return benchSize(b, "STRATA_BENCH_FILES", 10_000, "files") }
 
 // objBenchPair is a client's /store through its mount on two hierarchies,
 // one whose edge keeps the store in the bucket, one on the local disk,
