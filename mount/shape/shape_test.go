@@ -257,8 +257,8 @@ func TestBlackhole(t *testing.T) {
 }
 
 // sink accepts connections and reports, for each, how many bytes it read
-// before the error that ended it. With send > 0 it writes that many bytes
-// to each connection instead of reading.
+// before the error that ended it. With send > 0 it waits for one byte
+// from each connection, then writes that many bytes to it instead.
 func sink(t *testing.T, send int) (string, chan sinkEnd) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -277,7 +277,12 @@ func sink(t *testing.T, send int) (string, chan sinkEnd) {
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(30 * time.Second))
 				if send > 0 {
-					_, err := c.Write(make([]byte, send))
+					// The client's first byte says its dial is done: an RST
+					// that beat the dial's completion would fail the dial.
+					_, err := c.Read(make([]byte, 1))
+					if err == nil {
+						_, err = c.Write(make([]byte, send))
+					}
 					if err == nil {
 						_, err = c.Read(make([]byte, 1))
 					}
@@ -372,6 +377,9 @@ func TestResetAfter(t *testing.T) {
 		p := start(t, Config{Target: target})
 		p.ResetAfter(FromTarget, n)
 		c := dial(t, p.Addr())
+		if _, err := c.Write([]byte("g")); err != nil {
+			t.Fatal(err)
+		}
 		got, err := io.Copy(io.Discard, c)
 		if got == 0 || got > n || !isReset(err) {
 			t.Errorf("the client read %d bytes then %v; want at most %d then a reset", got, err, n)
