@@ -2,6 +2,9 @@ package ninep
 
 import (
 	"context"
+	"errors"
+	"io"
+	"os"
 	"net"
 	"reflect"
 	"strings"
@@ -75,4 +78,69 @@ func TestAttachSeesAcceptedConn(t *testing.T) {
 			t.Errorf("attach %d of 2 (one per dialect): Attach got a %T, want *net.TCPConn", i+1, c)
 		}
 	}
+}
+
+// A reply written through progressConn reaches a reader that is slow but
+// moves a piece every timeout, and fails for one that trickles less.
+func TestProgressConn(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	pair := func(t *testing.T) (progressConn, net.Conn) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		r, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close(); w.Close() })
+		return progressConn{Conn: w, timeout: timeout}, r
+	}
+	// read reads chunk bytes every tick until it has want bytes, fails,
+	// or has read for 5 seconds.
+	read := func(r net.Conn, chunk, want int, tick time.Duration) chan int {
+		got := make(chan int, 1)
+		go func() {
+			buf, total := make([]byte, chunk), 0
+			for end := time.Now().Add(5 * time.Second); total < want && time.Now().Before(end); {
+				n, err := io.ReadFull(r, buf[:min(chunk, want-total)])
+				total += n
+				if err != nil {
+					break
+				}
+				time.Sleep(tick)
+			}
+			got <- total
+		}()
+		return got
+	}
+	t.Run("live", func(t *testing.T) {
+		w, r := pair(t)
+		const size = 16 << 20
+		got := read(r, 1<<20, size, 100*time.Millisecond)
+		if n, err := w.Write(make([]byte, size)); n != size || err != nil {
+			t.Fatalf("write to a slow reader: %d of %d bytes, %v", n, size, err)
+		}
+		if n := <-got; n != size {
+			t.Errorf("the reader got %d of %d bytes", n, size)
+		}
+	})
+	t.Run("trickle", func(t *testing.T) {
+		w, r := pair(t)
+		const size = 64 << 20
+		read(r, 4<<10, size, 50*time.Millisecond)
+		start := time.Now()
+		n, err := w.Write(make([]byte, size))
+		if !errors.Is(err, os.ErrDeadlineExceeded) || n >= size {
+			t.Fatalf("write to a trickling reader: %d of %d bytes, %v; want a deadline error", n, size, err)
+		}
+		if took := time.Since(start); took > 4*time.Second {
+			t.Errorf("the trickling reader was dropped after %s", took)
+		}
+	})
 }
