@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"strata/fs"
 	"strata/fs/objstore/s3test"
 	"strata/mount/remote"
 )
@@ -48,6 +49,24 @@ func TestCloudNodesShareObjectStore(t *testing.T) {
 	// Node 1 holds what was deployed through node 0, at once.
 	if info, err := readTier(nodes[1].local, "apps/sha256/info"); err != nil || !strings.Contains(info, "version 1\n") {
 		t.Fatalf("node 1 on sha256, deployed through node 0: %q, %v", info, err)
+	}
+	// Limits set through one node hold at the other: they are kept with
+	// the app's record in the shared repo, seen within -refresh.
+	if err := writeTier(nodes[0].local, "apps/sha256/limits", "timeout 700ms\nmemory-mib 48\n"); err != nil {
+		t.Fatalf("limits of sha256 through node 0: %v", err)
+	}
+	for start := time.Now(); ; time.Sleep(50 * time.Millisecond) {
+		got, err := readTier(nodes[1].local, "apps/sha256/limits")
+		if err == nil && strings.HasPrefix(got, "timeout 700ms\nmemory-mib 48\n# the app's own") {
+			t.Logf("limits set through node 0 seen at node 1 after %v", time.Since(start).Round(time.Millisecond))
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("limits of sha256 at node 1, set through node 0: %q, %v", got, err)
+		}
+	}
+	if err := writeTier(nodes[1].local, "apps/sha256/limits", ""); err != nil {
+		t.Fatalf("default limits of sha256 through node 1: %v", err)
 	}
 
 	appedge := startTier(t, bin, "appedge", "-listen", "127.0.0.1:0", "-local", "127.0.0.1:0",
@@ -139,6 +158,26 @@ func TestCloudNodesShareObjectStore(t *testing.T) {
 	if out, _, err := call("upper", "still"); err != nil || out != "STILL" {
 		t.Fatalf("upper after the kill: %q, %v", out, err)
 	}
+}
+
+// writeTier replaces a file of a tier's plain port with text.
+func writeTier(addr, name, text string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tree, err := remote.Dial(ctx, "tcp", addr, remote.Options{Timeout: 3 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer tree.Close()
+	h, err := tree.File(name).Open(ctx, fs.WriteOnly|fs.Truncate)
+	if err != nil {
+		return err
+	}
+	if _, err := h.WriteAt(ctx, []byte(text), 0); err != nil {
+		h.Close(ctx)
+		return err
+	}
+	return h.Close(ctx)
 }
 
 // readTier reads a file of a tier's plain port.

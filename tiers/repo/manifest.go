@@ -21,13 +21,16 @@ type record struct {
 	Version  uint64    `json:"version"`
 	Deployed time.Time `json:"deployed"`
 	Pinned   bool      `json:"pinned"`
+	// Limits are the app's own limits, kept with its record so that every
+	// repo that shares the manifest runs it under the same ones.
+	Limits Limits `json:"limits,omitzero"`
 	// Object is the name of the module in a repo on an object store
 	// (see objectName); "" in a directory, where the name is the ID's.
 	Object string `json:"object,omitempty"`
 }
 
 func (rec record) app() App {
-	return App{ID: rec.ID, Hash: rec.Hash, Size: rec.Size, Version: rec.Version, Deployed: rec.Deployed, Pinned: rec.Pinned}
+	return App{ID: rec.ID, Hash: rec.Hash, Size: rec.Size, Version: rec.Version, Deployed: rec.Deployed, Pinned: rec.Pinned, Limits: rec.Limits}
 }
 
 func (rec record) withModule(mod []byte) App {

@@ -181,6 +181,14 @@ func TestSharedDeployVisible(t *testing.T) {
 		_, err := b.Stat("y")
 		return errors.Is(err, iofs.ErrNotExist)
 	})
+	lim := Limits{TimeoutMS: 2500, MemoryMiB: 16}
+	if err := a.SetLimits("x", lim); err != nil {
+		t.Fatal(err)
+	}
+	seen("the limits of x", func() bool {
+		s, err := b.Stat("x")
+		return err == nil && s.Limits == lim
+	})
 	put(t, a, "z", module(100, 4))
 	seen("z in the listing", func() bool {
 		for _, app := range b.List() {

@@ -12,8 +12,8 @@
 //
 //	dir/<id>.wasm           the module of each app (the primary copy)
 //	dir/manifest.json       the record of every app: id, hash (hex SHA-256),
-//	                        size, version, deploy time, pinned; and the last
-//	                        version of each removed ID
+//	                        size, version, deploy time, pinned, its own
+//	                        limits; and the last version of each removed ID
 //	backup/<id>.wasm        the backup copy of each module
 //	backup/manifest.json    a copy of the manifest
 //
@@ -228,10 +228,21 @@ type App struct {
 	Version  uint64    // 1 at the first deploy of ID, one more at each later one
 	Deployed time.Time // when this version was stored here
 	Pinned   bool      // never evicted
+	Limits   Limits    // the app's own limits; zero for the runner's defaults
 	// Module is the module; nil from Stat, List and Put. It may be shared
 	// with the repository's cache and with other callers: read it only.
 	Module []byte
 }
+
+// Limits are an app's own limits, as [Repo.SetLimits] records them; a
+// zero field leaves that limit to whoever runs the app.
+type Limits struct {
+	TimeoutMS int64  `json:"timeout_ms,omitempty"` // run time, in milliseconds
+	MemoryMiB uint32 `json:"memory_mib,omitempty"` // memory cap, in MiB
+}
+
+// IsZero reports whether l sets no limit.
+func (l Limits) IsZero() bool { return l == Limits{} }
 
 // Repo is a store of app modules. Its methods are safe for concurrent use.
 type Repo struct {
@@ -616,7 +627,7 @@ func (r *Repo) put(ctx context.Context, op, id string, module []byte, version ui
 		r.mu.Unlock()
 
 		rec = target
-		rec.Deployed, rec.Pinned = now(), prev.Pinned
+		rec.Deployed, rec.Pinned, rec.Limits = now(), prev.Pinned, prev.Limits
 		switch {
 		case version != 0:
 			rec.Version = version
@@ -1063,7 +1074,19 @@ func (r *Repo) begin(ctx context.Context, op, id string) error {
 // pin state is durable. Unpinning evicts nothing at once: the next Put
 // does, if the cap is exceeded.
 func (r *Repo) Pin(id string, pinned bool) error {
-	const op = "pin app"
+	return r.editRecord("pin app", id, func(rec *record) bool {
+		if rec.Pinned == pinned {
+			return false
+		}
+		rec.Pinned = pinned
+		return true
+	}, "pinned", pinned)
+}
+
+// editRecord changes app id's record with edit, which reports whether it
+// changed anything, and commits the manifest (and the backup's) if it did.
+// what and v name the change in the log.
+func (r *Repo) editRecord(op, id string, edit func(*record) bool, what string, v any) error {
 	if err := checkID(op, id); err != nil {
 		return err
 	}
@@ -1081,10 +1104,9 @@ func (r *Repo) Pin(id string, pinned bool) error {
 		if !ok {
 			return manifest{}, false, notDeployed(op, id)
 		}
-		if rec.Pinned == pinned {
+		if !edit(&rec) {
 			return manifest{}, false, nil
 		}
-		rec.Pinned = pinned
 		return r.manifestWith(&rec, nil), true, nil
 	})
 	if err != nil {
@@ -1094,14 +1116,28 @@ func (r *Repo) Pin(id string, pinned bool) error {
 		return nil
 	}
 	r.apply(m, "")
-	r.log.Info("repo: pin", "app", id, "pinned", pinned)
+	r.log.Info("repo: "+op, "app", id, what, v)
 	if r.bak != nil {
 		if err := r.writeBackup(ctx, m); err != nil {
 			return &fs.Error{Op: op, Path: id, Kind: fs.IO,
-				Err: fmt.Errorf("pin state changed, but the backup manifest was not updated: %w", err)}
+				Err: fmt.Errorf("the record changed, but the backup manifest was not updated: %w", err)}
 		}
 	}
 	return nil
+}
+
+// SetLimits records app id's own limits (zero: none), durably and, on an
+// object store, for every repo that shares the manifest. They stay with
+// the app across deploys of new versions and go with its removal.
+func (r *Repo) SetLimits(id string, l Limits) error {
+	const op = "set app limits"
+	return r.editRecord(op, id, func(rec *record) bool {
+		if rec.Limits == l {
+			return false
+		}
+		rec.Limits = l
+		return true
+	}, "limits", l)
 }
 
 // Scrub reads every app's copies, repairs a bad copy from a good one, and

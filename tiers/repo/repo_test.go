@@ -549,6 +549,47 @@ func testPinSurvivesReopen(t *testing.T, k kind) {
 	wantKind(t, r.Pin("nope", true), fs.NotExist, "Pin of an unknown app")
 }
 
+func TestLimitsKeptWithRecord(t *testing.T) { bothKinds(t, testLimitsKeptWithRecord) }
+
+func testLimitsKeptWithRecord(t *testing.T, k kind) {
+	p := k.place(t)
+	opts := p.backup(Options{})
+	r := p.open(opts)
+	put(t, r, "app", module(1000, 1))
+	if s, _ := r.Stat("app"); !s.Limits.IsZero() {
+		t.Fatalf("a new app has limits %+v, want none", s.Limits)
+	}
+	want := Limits{TimeoutMS: 1500, MemoryMiB: 32}
+	if err := r.SetLimits("app", want); err != nil {
+		t.Fatal(err)
+	}
+	r = p.reopen(r, opts)
+	if s, err := r.Stat("app"); err != nil || s.Limits != want {
+		t.Fatalf("after reopen: %+v, %v; want limits %+v", s, err, want)
+	}
+	if a := put(t, r, "app", module(1000, 2)); a.Version != 2 || a.Limits != want {
+		t.Fatalf("a new version: %+v; want version 2 with limits %+v", a, want)
+	}
+	if err := r.SetLimits("app", Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	r = p.reopen(r, opts)
+	if s, _ := r.Stat("app"); !s.Limits.IsZero() {
+		t.Fatalf("limits cleared, then after reopen: %+v", s.Limits)
+	}
+	if err := r.SetLimits("app", want); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Remove(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+	if a := put(t, r, "app", module(1000, 3)); !a.Limits.IsZero() {
+		t.Fatalf("deployed again after its removal, the app kept limits %+v", a.Limits)
+	}
+	wantKind(t, r.SetLimits("nope", want), fs.NotExist, "SetLimits of an unknown app")
+	wantKind(t, r.SetLimits("../x", want), fs.Invalid, "SetLimits of a bad ID")
+}
+
 func TestInvalidIDs(t *testing.T) { bothKinds(t, testInvalidIDs) }
 
 func testInvalidIDs(t *testing.T, k kind) {

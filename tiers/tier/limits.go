@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	iofs "io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,14 +15,16 @@ import (
 	"time"
 
 	"strata/fs"
+	"strata/tiers/repo"
 	"strata/tiers/wasm"
 )
 
-// Per-app limits. The cloud keeps them (written to /apps/ID/limits, saved
-// in Config.LimitsFile) and shows them in info as limit-timeout and
-// limit-memory-mib; an app edge takes them from there with each replica,
-// so an app runs under the same limits wherever it runs. An app without
-// its own limits runs under the tier's Config.Limits.
+// Per-app limits. The cloud keeps them with each app's record in its repo
+// (written to /apps/ID/limits), so that every cloud node sharing the repo
+// runs the app under the same ones, and shows them in info as
+// limit-timeout and limit-memory-mib; an app edge takes them from there
+// with each replica, so an app runs under the same limits wherever it
+// runs. An app without its own limits runs under the tier's Config.Limits.
 
 // Bounds of per-app limits.
 const (
@@ -31,9 +34,7 @@ const (
 
 // limitsFor returns the limits app runs under here.
 func (t *Tier) limitsFor(app string) wasm.Limits {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	lim, ok := t.appLimits[app]
+	lim, ok := t.hasOwnLimits(app)
 	if !ok {
 		return t.cfg.Limits
 	}
@@ -43,11 +44,32 @@ func (t *Tier) limitsFor(app string) wasm.Limits {
 	return lim
 }
 
+// hasOwnLimits returns app's own limits, if it has any: at the cloud from
+// its record in the repo, elsewhere as taken with its replica.
 func (t *Tier) hasOwnLimits(app string) (wasm.Limits, bool) {
+	if t.keepsLimits() {
+		a, err := t.cfg.Apps.Stat(app)
+		if err != nil || a.Limits.IsZero() {
+			return wasm.Limits{}, false
+		}
+		return fromRepo(a.Limits), true
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	lim, ok := t.appLimits[app]
 	return lim, ok
+}
+
+// keepsLimits reports whether the apps' own limits are set here: at the
+// cloud, in its repo.
+func (t *Tier) keepsLimits() bool { return t.cfg.Role == Cloud && t.cfg.Apps != nil }
+
+func fromRepo(l repo.Limits) wasm.Limits {
+	return wasm.Limits{Timeout: time.Duration(l.TimeoutMS) * time.Millisecond, MemoryMiB: l.MemoryMiB}
+}
+
+func toRepo(l wasm.Limits) repo.Limits {
+	return repo.Limits{TimeoutMS: l.Timeout.Milliseconds(), MemoryMiB: l.MemoryMiB}
 }
 
 // setLimits records app's own limits (ok false: none).
@@ -111,9 +133,12 @@ func ParseLimits(text []byte, prefix string) (lim wasm.Limits, ok bool, err erro
 	return lim, ok, nil
 }
 
-// loadLimits reads the cloud's saved per-app limits.
-func (t *Tier) loadLimits() error {
-	if t.cfg.LimitsFile == "" {
+// moveLimits moves the apps' own limits from Config.LimitsFile, where a
+// cloud kept them before its repo did, into the repo, and removes the
+// file. An app that has limits in the repo keeps them; one no longer
+// deployed is dropped.
+func (t *Tier) moveLimits() error {
+	if t.cfg.LimitsFile == "" || !t.keepsLimits() {
 		return nil
 	}
 	b, err := os.ReadFile(t.cfg.LimitsFile)
@@ -128,31 +153,29 @@ func (t *Tier) loadLimits() error {
 		return fmt.Errorf("reading %s: %w", t.cfg.LimitsFile, err)
 	}
 	for app, s := range saved {
-		t.appLimits[app] = wasm.Limits{Timeout: time.Duration(s.TimeoutMS) * time.Millisecond, MemoryMiB: s.MemoryMiB}
+		a, err := t.cfg.Apps.Stat(app)
+		if err != nil {
+			t.log.Warn("app limits dropped: the app is not deployed", "app", app, "file", t.cfg.LimitsFile)
+			continue
+		}
+		if !a.Limits.IsZero() {
+			continue
+		}
+		if err := t.cfg.Apps.SetLimits(app, repo.Limits{TimeoutMS: s.TimeoutMS, MemoryMiB: s.MemoryMiB}); err != nil {
+			return fmt.Errorf("moving the limits of %s from %s into the repo: %w", app, t.cfg.LimitsFile, err)
+		}
 	}
+	if err := os.Remove(t.cfg.LimitsFile); err != nil {
+		return err
+	}
+	t.log.Info("app limits moved into the repo", "apps", len(saved), "file", t.cfg.LimitsFile)
 	return nil
 }
 
+// savedLimits is an app's entry in Config.LimitsFile.
 type savedLimits struct {
 	TimeoutMS int64  `json:"timeout_ms,omitempty"`
 	MemoryMiB uint32 `json:"memory_mib,omitempty"`
-}
-
-// saveLimits writes the per-app limits atomically.
-func (t *Tier) saveLimits() error {
-	t.saveMu.Lock()
-	defer t.saveMu.Unlock()
-	t.mu.Lock()
-	saved := map[string]savedLimits{}
-	for app, l := range t.appLimits {
-		saved[app] = savedLimits{TimeoutMS: l.Timeout.Milliseconds(), MemoryMiB: l.MemoryMiB}
-	}
-	t.mu.Unlock()
-	b, err := json.MarshalIndent(saved, "", "  ")
-	if err != nil {
-		return err
-	}
-	return WriteFileAtomic(t.cfg.LimitsFile, b, 0o644)
 }
 
 // WriteFileAtomic replaces the file at path with b, with permission bits
@@ -224,7 +247,7 @@ func (l *limitsFile) Open(ctx context.Context, flag fs.Flag) (fs.Handle, error) 
 		}
 		return &bytesHandle{b: t.limitsText(l.a.id)}, nil
 	}
-	if l.a.t.cfg.Role != Cloud || l.a.t.cfg.LimitsFile == "" {
+	if !l.a.t.keepsLimits() {
 		return nil, &fs.Error{Op: "open", Path: l.path(), Kind: fs.Permission, Err: fmt.Errorf("limits are set at the cloud, not at %s", l.a.t.cfg.Name)}
 	}
 	return &limitsHandle{l: l}, nil
@@ -261,8 +284,15 @@ func (h *limitsHandle) Close(context.Context) error {
 			lim.MemoryMiB = def.MemoryMiB
 		}
 	}
-	t.setLimits(app, lim, ok)
-	if err := t.saveLimits(); err != nil {
+	var own repo.Limits
+	if ok {
+		own = toRepo(lim)
+	}
+	if err := t.cfg.Apps.SetLimits(app, own); err != nil {
+		if errors.Is(err, iofs.ErrNotExist) {
+			return &fs.Error{Op: "write", Path: h.l.path(), Kind: fs.NotExist,
+				Err: fmt.Errorf("app %s has no module yet: deploy it, then set its limits", app)}
+		}
 		return &fs.Error{Op: "write", Path: h.l.path(), Kind: fs.IO, Err: err}
 	}
 	t.log.Info("app limits set", "app", app, "timeout", lim.Timeout, "memory_mib", lim.MemoryMiB, "own", ok)

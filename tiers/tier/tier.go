@@ -71,7 +71,9 @@ type Config struct {
 	Runtime *wasm.Runtime
 	// Limits bound each run of an app here, unless the app has its own.
 	Limits wasm.Limits
-	// LimitsFile keeps the apps' own limits (cloud only; "" for none).
+	// LimitsFile is where a cloud kept the apps' own limits before its
+	// repo held them: read at start, moved into Apps, and removed ("" for
+	// none).
 	LimitsFile string
 	// Parent is the parent tier's namespace; nil at the cloud.
 	Parent *remote.Tree
@@ -126,9 +128,9 @@ type Tier struct {
 	// shown while the parent cannot answer (see remembered).
 	upList   []fs.Info
 	upListAt time.Time
-	// appLimits are the apps' own limits; saveMu orders their saving.
+	// appLimits are the apps' own limits as taken with their replicas
+	// (not at the cloud, whose repo keeps them).
 	appLimits map[string]wasm.Limits
-	saveMu    sync.Mutex
 	// speed estimates the link to the parent (client).
 	speed speed
 
@@ -205,7 +207,7 @@ func New(cfg Config) (*Tier, error) {
 		appLimits:   map[string]wasm.Limits{},
 		stop:        make(chan struct{}),
 	}
-	if err := t.loadLimits(); err != nil {
+	if err := t.moveLimits(); err != nil {
 		return nil, fmt.Errorf("tier %s: %w", cfg.Name, err)
 	}
 	return t, nil
