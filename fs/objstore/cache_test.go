@@ -108,3 +108,78 @@ func TestBlockCacheOneLoad(t *testing.T) {
 		t.Errorf("a waiter after the loader gave up: %v", err)
 	}
 }
+
+// TestBlockCacheAhead: a read-ahead's load is one that readers wait for;
+// one that fails leaves the block to the reader; and read-ahead keeps to
+// its bounds.
+func TestBlockCacheAhead(t *testing.T) {
+	c := newBlockCache(100)
+	k := blockKey{"k", "e", 40, 0}
+	call, ok := c.startAhead(k, 10)
+	if !ok || call == nil {
+		t.Fatalf("startAhead: %v %v", call, ok)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, err := c.get(ctx, k, func(context.Context) ([]byte, error) {
+			return nil, errors.New("a second load of a block being read ahead")
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- b
+	}()
+	time.Sleep(20 * time.Millisecond)
+	c.endAhead(k, call, []byte("ahead"), nil)
+	if b := <-got; string(b) != "ahead" {
+		t.Errorf("the reader got %q, want the block read ahead", b)
+	}
+	if _, _, misses := c.stats(); misses != 0 {
+		t.Errorf("%d misses, want 0", misses)
+	}
+	if st := c.aheadStats(); st.running != 0 || st.runs != 1 || st.used != 1 || st.aheadBytes != 10 {
+		t.Errorf("stats %+v", st)
+	}
+	// A block cached is not loaded again, but counts as held ahead.
+	if call, ok := c.startAhead(k, 10); !ok || call != nil {
+		t.Errorf("startAhead of a cached block: %v %v", call, ok)
+	}
+	// Half the bound, held ahead, is the most.
+	if _, ok := c.startAhead(blockKey{"k", "e", 40, 1}, 31); ok {
+		t.Errorf("read ahead beyond half the cache's bound")
+	}
+	c.release(20)
+	if st := c.aheadStats(); st.aheadBytes != 0 {
+		t.Errorf("%d bytes held ahead after the release", st.aheadBytes)
+	}
+	// At most aheadRunning loads at once.
+	for i := range aheadRunning {
+		if call, ok := c.startAhead(blockKey{"r", "e", 100, int64(i)}, 0); !ok || call == nil {
+			t.Fatalf("load %d refused", i)
+		}
+	}
+	if _, ok := c.startAhead(blockKey{"r", "e", 100, aheadRunning}, 0); ok {
+		t.Errorf("more than %d loads ahead at once", aheadRunning)
+	}
+
+	// A read-ahead that fails, whatever the error, leaves the block to
+	// the reader, which loads it and reports its own outcome.
+	c2 := newBlockCache(100)
+	call, _ = c2.startAhead(k, 10)
+	done := make(chan error, 1)
+	go func() {
+		b, err := c2.get(ctx, k, func(context.Context) ([]byte, error) { return []byte("own"), nil })
+		if err == nil && string(b) != "own" {
+			err = errors.New("wrong block " + string(b))
+		}
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	c2.endAhead(k, call, nil, &fs.Error{Op: "read", Kind: fs.IO, Err: errors.New("injected")})
+	if err := <-done; err != nil {
+		t.Errorf("a reader after a failed read-ahead: %v", err)
+	}
+	if _, _, misses := c2.stats(); misses != 1 {
+		t.Errorf("%d misses, want 1", misses)
+	}
+}

@@ -76,6 +76,22 @@
 // Stat, Lookup and ReadDir ask the server every time: they see every
 // acknowledged change of every edge.
 //
+// A Handle read sequentially reads ahead. After two reads in a row that
+// follow each other (each within four blocks of the end of the furthest
+// read before it, since the reads a client sends several at a time
+// arrive out of order), it keeps the next 8 blocks loaded or loading into
+// the cache, in the background, by ranged GETs of up to 4 blocks
+// (conditional on the ETag too, and each with the deadline of its size);
+// a read of a block being loaded waits for that load. Reads at scattered offsets load
+// nothing ahead. The store loads at most 32 blocks ahead at once, and
+// holds at most half of Config.CacheBytes ahead of its readers (loaded or
+// loading, not read yet), so read-ahead never pushes the whole cache out;
+// with a cache of less than two blocks there is none. The loads of a
+// Handle are canceled by its Close or Abort (which wait for them to end),
+// by its first write (it reads its staged file from then on), and by the
+// store's Close. A load ahead that fails is dropped silently: the read of
+// that block loads it again, and reports its own error as any read does.
+//
 // # What is and is not atomic
 //
 //   - Atomic: the upload of a file (Sync, Close), including replacing an

@@ -214,6 +214,7 @@ type handle struct {
 	opened   uint64                  // s.seq when h opened
 	wrote    atomic.Uint64           // s.seq at the last write
 	appendMu sync.Mutex              // orders appending writes
+	ahead    readAhead               // of the object, while h has not staged it
 }
 
 // newHandle returns a handle on f, reading the version that oi describes,
@@ -282,10 +283,14 @@ func (h *handle) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 }
 
 // readRemote reads from the version of the object h has open, a block at
-// a time through the cache. h.mu is held.
+// a time through the cache, and keeps the blocks after it loading if h
+// reads sequentially (ahead.go). h.mu is held.
 func (h *handle) readRemote(ctx context.Context, op, path string, p []byte, off int64) (int, error) {
 	s := h.s
 	key, etag, size, bs := s.key(path), h.etag, h.size, s.cfg.BlockSize
+	if off < size && len(p) > 0 {
+		h.ahead.observe(s, blockKey{key, etag, size, 0}, off, min(int64(len(p)), size-off))
+	}
 	n := 0
 	for n < len(p) && off+int64(n) < size {
 		pos := off + int64(n)
@@ -380,6 +385,7 @@ func (h *handle) fill(ctx context.Context, op, path string) (*os.File, error) {
 		return nil, s.fail(op, path, err)
 	}
 	h.staged.Store(t)
+	h.ahead.stop(s.cache, false) // h reads t from now on
 	return t, nil
 }
 
@@ -529,9 +535,10 @@ func (h *handle) commit(ctx context.Context, op, path string) error {
 	return nil
 }
 
-// release drops the staged file and marks h closed. h.mu is held for
-// writing, or no one else has h yet.
+// release ends the read-ahead, drops the staged file and marks h closed.
+// h.mu is held for writing, or no one else has h yet.
 func (h *handle) release() {
+	h.ahead.stop(h.s.cache, true)
 	if f := h.staged.Swap(nil); f != nil {
 		f.Close()
 		if err := os.Remove(f.Name()); err != nil {
