@@ -13,6 +13,7 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"strata/fs"
+	"strata/fs/nodetab"
 )
 
 // dir is a directory of the store: the prefix PREFIX/P/, made by its
@@ -393,7 +394,7 @@ func (s *Store) renameDir(ctx context.Context, op, from, to string) error {
 	if from == to {
 		return nil
 	}
-	if within(to, from) {
+	if nodetab.Within(to, from) {
 		return &fs.Error{Op: op, Path: from, Kind: fs.Invalid, Err: errIntoItself}
 	}
 	if _, err := s.head(ctx, s.key(to)); err == nil {

@@ -85,10 +85,10 @@ func (f *file) SetAttr(ctx context.Context, a fs.Attr) error {
 	s.cache.forget(key)
 	s.mu.Lock()
 	if a.Mode != nil {
-		f.at.mode, f.at.modeAt = mode, s.seq.Add(1)
+		f.at.Data.mode, f.at.Data.modeAt = mode, s.seq.Add(1)
 	}
 	if a.ModTime != nil {
-		f.at.mtime, f.at.mtimeAt = mtime, s.seq.Add(1)
+		f.at.Data.mtime, f.at.Data.mtimeAt = mtime, s.seq.Add(1)
 	}
 	var writers []*handle
 	if a.Size != nil {
@@ -233,7 +233,7 @@ func (s *Store) newHandle(op string, f *file, flag fs.Flag, oi minio.ObjectInfo,
 	defer s.mu.Unlock()
 	if s.closed.Load() {
 		h.release()
-		p := f.at.path
+		p := f.at.Path
 		return nil, &fs.Error{Op: op, Path: p, Kind: fs.BadHandle, Err: errClosed}
 	}
 	s.handles[h] = struct{}{}
@@ -500,14 +500,14 @@ func (h *handle) commit(ctx context.Context, op, path string) error {
 	size := fi.Size()
 	s.mu.Lock()
 	sl := h.f.at
-	path, gone := sl.path, sl.gone
+	path, gone := sl.Path, sl.Gone
 	mode := h.mode
-	if sl.modeAt > h.opened {
-		mode = sl.mode
+	if sl.Data.modeAt > h.opened {
+		mode = sl.Data.mode
 	}
 	var mtime time.Time
-	if sl.mtimeAt > h.wrote.Load() {
-		mtime = sl.mtime
+	if sl.Data.mtimeAt > h.wrote.Load() {
+		mtime = sl.Data.mtime
 	}
 	s.mu.Unlock()
 	if gone {

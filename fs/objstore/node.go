@@ -4,15 +4,14 @@ import (
 	"context"
 	"hash/fnv"
 	iofs "io/fs"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
-	"weak"
 
 	"github.com/minio/minio-go/v7"
 
 	"strata/fs"
+	"strata/fs/nodetab"
 )
 
 // A node is a directory or file of the store, known by its path. The store
@@ -24,69 +23,40 @@ type node struct {
 	at *slot
 }
 
-// A slot says where a node is. It is kept apart from the node, so that the
-// cleanup that forgets a collected node can still find its entry. Its
-// fields are guarded by s.mu.
-type slot struct {
-	path string // slash-separated from the root; "" is the root
-	gone bool   // removed or replaced through this store
-	// The permission bits and modification time last set through this
-	// store, which an upload of staged data keeps if they were set after
-	// its handle opened (the bits) or last wrote (the time); modeAt and
-	// mtimeAt order them (s.seq), zero if never set.
+// A slot says where a node is (see nodetab), with what was set on it
+// through this store. Its fields are guarded by s.mu.
+type slot = nodetab.Slot[node, setAttrs]
+
+// setAttrs are the permission bits and modification time last set through
+// this store, which an upload of staged data keeps if they were set after
+// its handle opened (the bits) or last wrote (the time); modeAt and
+// mtimeAt order them (s.seq), zero if never set.
+type setAttrs struct {
 	mode    iofs.FileMode
 	modeAt  uint64
 	mtime   time.Time
 	mtimeAt uint64
-	wp      weak.Pointer[node]
 }
 
 // node returns the node for path p, making it if there is none.
 func (s *Store) node(p string) *node {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sl := s.nodes[p]; sl != nil {
-		if n := sl.wp.Value(); n != nil {
-			return n
-		}
-	}
-	sl := &slot{path: p}
-	n := &node{s: s, at: sl}
-	sl.wp = weak.Make(n)
-	s.nodes[p] = sl
-	runtime.AddCleanup(n, s.forget, sl)
-	return n
+	return s.nodes.Node(p, func(sl *slot) *node { return &node{s: s, at: sl} })
 }
 
 // forget drops the entry of a collected node.
 func (s *Store) forget(sl *slot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.nodes[sl.path] == sl {
-		delete(s.nodes, sl.path)
-	}
-}
-
-// within reports whether p is dir or below it.
-func within(p, dir string) bool {
-	return p == dir || (dir != "" && strings.HasPrefix(p, dir+"/"))
+	s.nodes.Forget(sl)
 }
 
 // removed retires the nodes at p and below it.
 func (s *Store) removed(p string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.drop(p)
-}
-
-// drop retires the nodes at p and below it. s.mu is held.
-func (s *Store) drop(p string) {
-	for q, sl := range s.nodes {
-		if within(q, p) {
-			sl.gone = true
-			delete(s.nodes, q)
-		}
-	}
+	s.nodes.Drop(p)
 }
 
 // moved moves the nodes at from and below it to to, and retires those that
@@ -94,25 +64,14 @@ func (s *Store) drop(p string) {
 func (s *Store) moved(from, to string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.drop(to)
-	var move []*slot
-	for q, sl := range s.nodes {
-		if within(q, from) {
-			move = append(move, sl)
-			delete(s.nodes, q)
-		}
-	}
-	for _, sl := range move {
-		sl.path = to + sl.path[len(from):]
-		s.nodes[sl.path] = sl
-	}
+	s.nodes.Move(from, to)
 }
 
 // path is n's path now, and whether n is gone.
 func (n *node) path() (string, bool) {
 	n.s.mu.Lock()
 	defer n.s.mu.Unlock()
-	return n.at.path, n.at.gone
+	return n.at.Path, n.at.Gone
 }
 
 // ready reports why n cannot be used now: a canceled context, a closed

@@ -20,6 +20,7 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"strata/fs"
+	"strata/fs/nodetab"
 )
 
 // Store is a tree kept in a prefix of an S3 bucket. Its methods, and those
@@ -39,8 +40,8 @@ type Store struct {
 	lock  *os.File // stage, flocked while the store is open
 
 	mu      sync.Mutex
-	nodes   map[string]*slot     // the live nodes, by path
-	handles map[*handle]struct{} // the open handles
+	nodes   *nodetab.Table[node, setAttrs] // the live nodes, by path
+	handles map[*handle]struct{}           // the open handles
 	closed  atomic.Bool
 	seq     atomic.Uint64 // orders writes and attribute changes
 
@@ -80,9 +81,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		log:     cfg.Log,
 		cache:   newBlockCache(cfg.CacheBytes),
 		start:   time.Now(),
-		nodes:   map[string]*slot{},
 		handles: map[*handle]struct{}{},
 	}
+	s.nodes = nodetab.New(s.forget)
 	if cfg.Prefix != "" {
 		s.root = cfg.Prefix + "/"
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"strata/fs"
+	"strata/fs/nodetab"
 )
 
 // The crash tests run a workload through the store's public API on a
@@ -293,7 +294,7 @@ func flagText(flag fs.Flag) string {
 
 // moved is p after a rename of from to to.
 func moved(p, from, to string) string {
-	if within(p, from) {
+	if nodetab.Within(p, from) {
 		return to + p[len(from):]
 	}
 	return p
@@ -303,16 +304,16 @@ func (w *workload) rename(from, to string) {
 	w.do("rename "+from+" to "+to, func() {
 		next := tree{}
 		for p, v := range w.now {
-			if !within(p, to) {
+			if !nodetab.Within(p, to) {
 				next[moved(p, from, to)] = v
 			}
 		}
 		w.now = next
 		for _, h := range w.handles {
 			switch {
-			case within(h.path, from):
+			case nodetab.Within(h.path, from):
 				h.path = moved(h.path, from, to)
-			case within(h.path, to):
+			case nodetab.Within(h.path, to):
 				h.path = "" // its file was replaced
 			}
 		}
@@ -909,11 +910,11 @@ func (g *generator) step() {
 		}
 	case op == 10 && len(dirs) > 1: // a directory moved, or removed if empty
 		d := g.pick(dirs[1:])
-		empty := !slices.ContainsFunc(slices.Collect(maps.Keys(w.now)), func(p string) bool { return p != d && within(p, d) })
+		empty := !slices.ContainsFunc(slices.Collect(maps.Keys(w.now)), func(p string) bool { return p != d && nodetab.Within(p, d) })
 		switch to := free(); {
 		case empty && r.IntN(2) == 0:
 			w.remove(d)
-		case to != "" && !within(to, d):
+		case to != "" && !nodetab.Within(to, d):
 			w.rename(d, to)
 		}
 	case op >= 11 && len(g.pending) > 0: // a pending rewrite finished

@@ -23,20 +23,20 @@ func (d *dir) child(ctx context.Context, op, name string) (string, error) {
 		var fe *fs.Error
 		if errors.As(err, &fe) {
 			c := *fe
-			c.Path = fs.Join(d.at.path, fe.Path)
+			c.Path = fs.Join(d.at.Path, fe.Path)
 			return "", &c
 		}
 		return "", err
 	}
-	p := fs.Join(d.at.path, name)
+	p := fs.Join(d.at.Path, name)
 	if strings.HasPrefix(name, TempPrefix) {
 		return "", &fs.Error{Op: op, Path: p, Kind: fs.Invalid, Err: errReserved}
 	}
 	if err := d.s.check(ctx, op, p); err != nil {
 		return "", err
 	}
-	if d.at.gone {
-		return "", &fs.Error{Op: op, Path: d.at.path, Kind: fs.NotExist}
+	if d.at.Gone {
+		return "", &fs.Error{Op: op, Path: d.at.Path, Kind: fs.NotExist}
 	}
 	return p, nil
 }
@@ -90,7 +90,7 @@ func (d *dir) ReadDir(ctx context.Context) ([]fs.Info, error) {
 	if err := d.ready(ctx, op); err != nil {
 		return nil, err
 	}
-	p := d.at.path
+	p := d.at.Path
 	sub, err := s.disk.OpenRoot(osPath(p))
 	if err != nil {
 		return nil, fail(op, p, err)
@@ -185,7 +185,7 @@ func (d *dir) create(ctx context.Context, op, name string, flag fs.Flag, perm io
 	}
 	var df diskFile
 	if err == nil {
-		df, err = s.openDir(d.at.path)
+		df, err = s.openDir(d.at.Path)
 	}
 	var h *handle
 	if err == nil {
@@ -239,7 +239,7 @@ func (d *dir) Mkdir(ctx context.Context, name string, perm iofs.FileMode) (fs.Di
 	if err == nil {
 		err = s.disk.Mkdir(p, perm.Perm())
 		if err == nil {
-			df, err = s.openDir(d.at.path)
+			df, err = s.openDir(d.at.Path)
 		}
 		if err != nil {
 			err = fail(op, p, err)
@@ -274,7 +274,7 @@ func (d *dir) Remove(ctx context.Context, name string) error {
 		}
 		if err == nil {
 			s.removed(p)
-			df, err = s.openDir(d.at.path)
+			df, err = s.openDir(d.at.Path)
 		}
 		if err != nil {
 			err = fail(op, p, err)
@@ -364,7 +364,7 @@ func (d *dir) rename(ctx context.Context, op, oldName string, nd *dir, newName s
 		return from, nil, fail(op, from, err)
 	}
 	s.moved(from, to)
-	dirs, err := s.openDirs(nd.at.path, d.at.path)
+	dirs, err := s.openDirs(nd.at.Path, d.at.Path)
 	if err != nil {
 		return from, nil, fail(op, from, err)
 	}

@@ -30,7 +30,7 @@ func (f *file) Open(ctx context.Context, flag fs.Flag) (fs.Handle, error) {
 		return nil, err
 	}
 	if flag.Has(fs.CreateNew | fs.Excl) {
-		return nil, &fs.Error{Op: op, Path: f.at.path, Kind: fs.Exist}
+		return nil, &fs.Error{Op: op, Path: f.at.Path, Kind: fs.Exist}
 	}
 	h, err := f.open(op, flag&^(fs.CreateNew|fs.Excl))
 	if err != nil {
@@ -41,7 +41,7 @@ func (f *file) Open(ctx context.Context, flag fs.Flag) (fs.Handle, error) {
 
 // open opens f. s.ns is held for reading.
 func (f *file) open(op string, flag fs.Flag) (*handle, error) {
-	s, p := f.s, f.at.path
+	s, p := f.s, f.at.Path
 	if flag.Has(fs.Truncate) {
 		if !flag.Writable() {
 			return nil, &fs.Error{Op: op, Path: p, Kind: fs.Invalid, Err: errTruncRO}
@@ -90,7 +90,7 @@ func osFlag(flag fs.Flag) int {
 // the owner) that like describes. s.ns is held for reading.
 func (f *file) rewrite(op string, like os.FileInfo, flag fs.Flag) (*handle, error) {
 	s := f.s
-	dp, _ := fs.Split(f.at.path)
+	dp, _ := fs.Split(f.at.Path)
 	var (
 		tp  string
 		t   diskFile
@@ -110,7 +110,7 @@ func (f *file) rewrite(op string, like os.FileInfo, flag fs.Flag) (*handle, erro
 		}
 	}
 	if err != nil {
-		return nil, fail(op, f.at.path, err)
+		return nil, fail(op, f.at.Path, err)
 	}
 	if st, ok := like.Sys().(*syscall.Stat_t); ok {
 		t.Chown(int(st.Uid), int(st.Gid)) // fails, harmlessly, without the privilege
@@ -145,7 +145,7 @@ func (s *Store) newHandle(op string, n *node, f diskFile, tmp *node, flag fs.Fla
 	if !s.register(h) {
 		h.dropTemp()
 		f.Close()
-		return nil, &fs.Error{Op: op, Path: n.at.path, Kind: fs.BadHandle, Err: errClosed}
+		return nil, &fs.Error{Op: op, Path: n.at.Path, Kind: fs.BadHandle, Err: errClosed}
 	}
 	return h, nil
 }
@@ -321,10 +321,10 @@ func (h *handle) idle() bool {
 	s := h.s
 	s.ns.RLock()
 	defer s.ns.RUnlock()
-	if h.n.at.gone || h.tmp.at.gone {
+	if h.n.at.Gone || h.tmp.at.Gone {
 		return false
 	}
-	fi, err := s.disk.Lstat(h.n.at.path)
+	fi, err := s.disk.Lstat(h.n.at.Path)
 	return err == nil && sameInode(fi, h.like) && fi.Size() == 0 &&
 		fi.Mode() == h.like.Mode() && fi.ModTime().Equal(h.like.ModTime())
 }
@@ -352,7 +352,7 @@ func (h *handle) commit(op string) error {
 	s := h.s
 	s.ns.RLock()
 	dirs, err := h.replace()
-	p := h.n.at.path
+	p := h.n.at.Path
 	s.ns.RUnlock()
 	if err != nil {
 		return fail(op, p, err)
@@ -373,20 +373,20 @@ func (h *handle) replace() ([]diskFile, error) {
 	s := h.s
 	tmp, target := h.tmp.at, h.n.at
 	switch {
-	case tmp.gone: // removed with its directory
+	case tmp.Gone: // removed with its directory
 		h.tmp = nil
 		return nil, nil
-	case target.gone:
+	case target.Gone:
 		h.dropTemp()
 		return nil, nil
 	}
-	dp, _ := fs.Split(target.path)
-	tp, _ := fs.Split(tmp.path)
+	dp, _ := fs.Split(target.Path)
+	tp, _ := fs.Split(tmp.Path)
 	dirs, err := s.openDirs(dp, tp)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.disk.Rename(tmp.path, target.path); err != nil {
+	if err := s.disk.Rename(tmp.Path, target.Path); err != nil {
 		for _, df := range dirs {
 			df.Close()
 		}
@@ -404,9 +404,9 @@ func (h *handle) dropTemp() {
 		return
 	}
 	s, tmp := h.s, h.tmp.at
-	if !tmp.gone {
-		if err := s.disk.Remove(tmp.path); err != nil && !errors.Is(err, iofs.ErrNotExist) {
-			s.log.Warn("store: removing a temporary file", "path", tmp.path, "err", err)
+	if !tmp.Gone {
+		if err := s.disk.Remove(tmp.Path); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+			s.log.Warn("store: removing a temporary file", "path", tmp.Path, "err", err)
 		}
 		s.retire(tmp)
 	}

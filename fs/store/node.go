@@ -7,13 +7,11 @@ import (
 	"hash/fnv"
 	iofs "io/fs"
 	"os"
-	"runtime"
-	"strings"
 	"syscall"
 	"time"
-	"weak"
 
 	"strata/fs"
+	"strata/fs/nodetab"
 )
 
 // A node is a directory or file of the store, known by its path. The store
@@ -24,74 +22,39 @@ type node struct {
 	at *slot
 }
 
-// A slot says where a node is. It is kept apart from the node, so that the
-// cleanup that forgets a collected node can still find its entry.
-//
-// path and gone are written with s.mu held and s.ns held for writing; a
-// temporary file's node, which only its handle uses, may also be retired
-// with s.ns held for reading. They are read with either lock held.
-type slot struct {
-	path string // slash-separated from the root; "" is the root
-	gone bool   // removed or replaced
-	wp   weak.Pointer[node]
-}
+// A slot says where a node is (see nodetab). Its Path and Gone are
+// written with s.mu held and s.ns held for writing; a temporary file's
+// node, which only its handle uses, may also be retired with s.ns held for
+// reading. They are read with either lock held.
+type slot = nodetab.Slot[node, struct{}]
 
 // node returns the node for path p, making it if there is none. The
 // root's node, which never moves, is made by Open and not kept here.
 func (s *Store) node(p string) *node {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sl := s.nodes[p]; sl != nil {
-		if n := sl.wp.Value(); n != nil {
-			return n
-		}
-	}
-	sl := &slot{path: p}
-	n := &node{s: s, at: sl}
-	sl.wp = weak.Make(n)
-	s.nodes[p] = sl
-	runtime.AddCleanup(n, s.forget, sl)
-	return n
+	return s.nodes.Node(p, func(sl *slot) *node { return &node{s: s, at: sl} })
 }
 
 // forget drops the entry of a collected node.
 func (s *Store) forget(sl *slot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.nodes[sl.path] == sl {
-		delete(s.nodes, sl.path)
-	}
+	s.nodes.Forget(sl)
 }
 
 // retire marks the node at sl as gone.
 func (s *Store) retire(sl *slot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.nodes[sl.path] == sl {
-		delete(s.nodes, sl.path)
-	}
-	sl.gone = true
-}
-
-// within reports whether p is dir or below it.
-func within(p, dir string) bool {
-	return p == dir || (dir != "" && strings.HasPrefix(p, dir+"/"))
+	s.nodes.Retire(sl)
 }
 
 // removed retires the nodes at p and below it. s.ns is held for writing.
 func (s *Store) removed(p string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.drop(p)
-}
-
-func (s *Store) drop(p string) {
-	for q, sl := range s.nodes {
-		if within(q, p) {
-			sl.gone = true
-			delete(s.nodes, q)
-		}
-	}
+	s.nodes.Drop(p)
 }
 
 // moved moves the nodes at from and below it to to, and retires those that
@@ -99,28 +62,17 @@ func (s *Store) drop(p string) {
 func (s *Store) moved(from, to string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.drop(to)
-	var move []*slot
-	for q, sl := range s.nodes {
-		if within(q, from) {
-			move = append(move, sl)
-			delete(s.nodes, q)
-		}
-	}
-	for _, sl := range move {
-		sl.path = to + sl.path[len(from):]
-		s.nodes[sl.path] = sl
-	}
+	s.nodes.Move(from, to)
 }
 
 // ready reports why n cannot be used now: a canceled context, a closed
 // store, or a node that is gone. s.ns is held.
 func (n *node) ready(ctx context.Context, op string) error {
-	if err := n.s.check(ctx, op, n.at.path); err != nil {
+	if err := n.s.check(ctx, op, n.at.Path); err != nil {
 		return err
 	}
-	if n.at.gone {
-		return &fs.Error{Op: op, Path: n.at.path, Kind: fs.NotExist}
+	if n.at.Gone {
+		return &fs.Error{Op: op, Path: n.at.Path, Kind: fs.NotExist}
 	}
 	return nil
 }
@@ -129,7 +81,7 @@ func (n *node) ready(ctx context.Context, op string) error {
 func (n *node) where() string {
 	n.s.mu.Lock()
 	defer n.s.mu.Unlock()
-	return n.at.path
+	return n.at.Path
 }
 
 // Stat describes the node.
@@ -140,7 +92,7 @@ func (n *node) Stat(ctx context.Context) (fs.Info, error) {
 	if err := n.ready(ctx, op); err != nil {
 		return fs.Info{}, err
 	}
-	p := n.at.path
+	p := n.at.Path
 	fi, err := n.s.disk.Lstat(osPath(p))
 	if err != nil {
 		return fs.Info{}, fail(op, p, err)
@@ -156,7 +108,7 @@ func (n *node) SetAttr(ctx context.Context, a fs.Attr) error {
 	s := n.s
 	s.ns.RLock()
 	f, err := n.setAttr(ctx, op, a)
-	p := n.at.path
+	p := n.at.Path
 	s.ns.RUnlock()
 	if f != nil {
 		if serr := syncClose(f); err == nil && serr != nil {
@@ -173,29 +125,29 @@ func (n *node) setAttr(ctx context.Context, op string, a fs.Attr) (diskFile, err
 	if err := n.ready(ctx, op); err != nil {
 		return nil, err
 	}
-	p := n.at.path
+	p := n.at.Path
 	var f diskFile
 	if a.Size != nil {
 		if *a.Size < 0 {
-			return nil, &fs.Error{Op: op, Path: n.at.path, Kind: fs.Invalid, Err: errNegative}
+			return nil, &fs.Error{Op: op, Path: n.at.Path, Kind: fs.Invalid, Err: errNegative}
 		}
 		var err error
 		if f, err = s.openFile(p, os.O_WRONLY); err != nil {
-			return nil, fail(op, n.at.path, err)
+			return nil, fail(op, n.at.Path, err)
 		}
 		if err := f.Truncate(*a.Size); err != nil {
 			f.Close()
-			return nil, fail(op, n.at.path, err)
+			return nil, fail(op, n.at.Path, err)
 		}
 	}
 	if a.Mode != nil {
 		if err := s.disk.Chmod(osPath(p), a.Mode.Perm()); err != nil {
-			return f, fail(op, n.at.path, err)
+			return f, fail(op, n.at.Path, err)
 		}
 	}
 	if a.ModTime != nil {
 		if err := s.disk.Chtimes(osPath(p), time.Time{}, *a.ModTime); err != nil {
-			return f, fail(op, n.at.path, err)
+			return f, fail(op, n.at.Path, err)
 		}
 	}
 	if f == nil && (a.Mode != nil || a.ModTime != nil) {
@@ -207,12 +159,12 @@ func (n *node) setAttr(ctx context.Context, op string, a fs.Attr) (diskFile, err
 			return nil, nil
 		}
 		if err != nil {
-			return nil, fail(op, n.at.path, err)
+			return nil, fail(op, n.at.Path, err)
 		}
 		fi, err := of.Stat()
 		if err != nil {
 			of.Close()
-			return nil, fail(op, n.at.path, err)
+			return nil, fail(op, n.at.Path, err)
 		}
 		if !fi.IsDir() && !fi.Mode().IsRegular() {
 			of.Close() // put there from outside: not the store's to sync

@@ -57,6 +57,7 @@ import (
 	"time"
 
 	"strata/fs"
+	"strata/fs/nodetab"
 )
 
 // TempPrefix begins the name of every temporary file of a rewrite. Such
@@ -77,8 +78,8 @@ type Store struct {
 	ns sync.RWMutex
 
 	mu      sync.Mutex
-	nodes   map[string]*slot     // the live nodes, by path
-	handles map[*handle]struct{} // the open handles
+	nodes   *nodetab.Table[node, struct{}] // the live nodes, by path
+	handles map[*handle]struct{}           // the open handles
 	closed  atomic.Bool
 }
 
@@ -108,9 +109,9 @@ func openDisk(d disk, name string, log *slog.Logger) *Store {
 		disk:    d,
 		name:    name,
 		log:     log,
-		nodes:   map[string]*slot{},
 		handles: map[*handle]struct{}{},
 	}
+	s.nodes = nodetab.New(s.forget)
 	s.top = &node{s: s, at: &slot{}}
 	s.sweep()
 	return s

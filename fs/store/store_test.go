@@ -987,7 +987,7 @@ func TestNodesAreCollected(t *testing.T) {
 	count := func() int {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return len(s.nodes)
+		return s.nodes.Len()
 	}
 	for range 50 {
 		if count() <= 1 {
