@@ -206,7 +206,9 @@ func (s *Store) Close() error {
 	err := os.RemoveAll(s.stage)
 	s.lock.Close()
 	used, hits, misses := s.cache.stats()
-	s.log.Info("objstore: closed", "store", s.where, "abandoned", len(open), "cache_bytes", used, "cache_hits", hits, "cache_misses", misses)
+	ra := s.cache.aheadStats()
+	s.log.Info("objstore: closed", "store", s.where, "abandoned", len(open), "cache_bytes", used, "cache_hits", hits, "cache_misses", misses,
+		"read_ahead_loads", ra.runs, "read_ahead_used", ra.used)
 	if err != nil {
 		return &fs.Error{Op: "close store", Path: s.stage, Kind: fs.KindOf(err), Err: err}
 	}

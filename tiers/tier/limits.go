@@ -32,16 +32,17 @@ const (
 	minAppTimeout = time.Millisecond
 )
 
-// limitsFor returns the limits app runs under here.
-func (t *Tier) limitsFor(app string) wasm.Limits {
-	lim, ok := t.hasOwnLimits(app)
-	if !ok {
-		return t.cfg.Limits
+// limitsFor returns the limits app runs under here, and whether they are
+// its own.
+func (t *Tier) limitsFor(app string) (wasm.Limits, bool) {
+	lim, own := t.hasOwnLimits(app)
+	if !own {
+		return t.cfg.Limits, false
 	}
 	if lim.MaxOutput == 0 {
 		lim.MaxOutput = t.cfg.Limits.MaxOutput
 	}
-	return lim
+	return lim, true
 }
 
 // hasOwnLimits returns app's own limits, if it has any: at the cloud from
@@ -85,8 +86,7 @@ func (t *Tier) setLimits(app string, lim wasm.Limits, ok bool) {
 
 // limitsText is the text of /apps/ID/limits: what app runs under here.
 func (t *Tier) limitsText(app string) []byte {
-	lim := t.limitsFor(app)
-	_, own := t.hasOwnLimits(app)
+	lim, own := t.limitsFor(app)
 	src := "the tier's defaults"
 	if own {
 		src = "the app's own"

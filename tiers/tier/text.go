@@ -39,7 +39,8 @@ func (t *Tier) info(ctx context.Context, id string) ([]byte, error) {
 		}
 		fmt.Fprintf(&b, "version %d\nhash %s\nsize %d\ndeployed %s\n", app.Version, app.Hash, app.Size, app.Deployed.UTC().Format(time.RFC3339))
 		b.WriteString("backup yes: a second copy, checked by hash at each read\n")
-		if lim, own := t.hasOwnLimits(id); own {
+		if !app.Limits.IsZero() {
+			lim := fromRepo(app.Limits)
 			fmt.Fprintf(&b, "limit-timeout %s\nlimit-memory-mib %d\n", orDur(lim.Timeout, wasm.DefaultTimeout), orMiB(lim.MemoryMiB))
 		}
 	case AppEdge:

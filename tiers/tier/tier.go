@@ -359,7 +359,7 @@ func (t *Tier) runHere(ctx context.Context, req *call.Request, why string) *call
 		r.Transient = fs.KindOf(err) != fs.NotExist
 		return r
 	}
-	lim := t.limitsFor(req.App)
+	lim, _ := t.limitsFor(req.App)
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
 		if lim.Timeout <= 0 {
