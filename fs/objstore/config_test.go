@@ -89,7 +89,7 @@ func TestOpenErrors(t *testing.T) {
 	wantText(t, err, `bucket "no-such-bucket" does not exist at `+base.Endpoint)
 
 	cfg = base
-	cfg.Credentials = &Credentials{AccessKeyID: testKey, SecretAccessKey: "wrong-secret"}
+	cfg.Credentials = &Credentials{AccessKeyID: base.Credentials.AccessKeyID, SecretAccessKey: "wrong-secret"}
 	_, err = Open(ctx, cfg)
 	wantKind(t, "open with a wrong secret", err, fs.Permission)
 	wantText(t, err, "refused the credentials from the configuration")
@@ -103,7 +103,7 @@ func TestOpenErrors(t *testing.T) {
 	wantText(t, err, "refused the credentials")
 
 	cfg = base
-	cfg.Credentials = &Credentials{AccessKeyID: testKey}
+	cfg.Credentials = &Credentials{AccessKeyID: base.Credentials.AccessKeyID}
 	_, err = Open(ctx, cfg)
 	wantKind(t, "open with no secret", err, fs.Permission)
 
@@ -171,7 +171,8 @@ func wantText(t testing.TB, err error, text string) {
 // profile, or none (a clear error). ParseURL leaves them to Open.
 func TestCredentials(t *testing.T) {
 	bucket := newBucket(t)
-	url := "s3://" + bucket + "/creds?endpoint=" + gateway(t) + "&region=us-east-1&secure=false"
+	g := gateway(t)
+	url := g.URL(bucket, "creds") + "&region=" + g.Region
 	home := t.TempDir()
 	t.Setenv("HOME", home)
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "")
@@ -198,8 +199,7 @@ func TestCredentials(t *testing.T) {
 	wantText(t, err, "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put them in the credentials file "+filepath.Join(home, ".aws", "credentials"))
 
 	// From the environment.
-	t.Setenv("AWS_ACCESS_KEY_ID", testKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", testSecret)
+	g.Env(t)
 	s, err := open()
 	if err != nil {
 		t.Fatal(err)
@@ -213,7 +213,7 @@ func TestCredentials(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
 	os.MkdirAll(filepath.Join(home, ".aws"), 0o700)
-	writeFile(t, filepath.Join(home, ".aws", "credentials"), "[default]\naws_access_key_id = "+testKey+"\naws_secret_access_key = "+testSecret+"\n")
+	writeFile(t, filepath.Join(home, ".aws", "credentials"), "[default]\naws_access_key_id = "+g.AccessKey+"\naws_secret_access_key = "+g.SecretKey+"\n")
 	s, err = open()
 	if err != nil {
 		t.Fatal(err)
@@ -221,7 +221,7 @@ func TestCredentials(t *testing.T) {
 	expect(t, s.Root(), "from-env", "env")
 
 	file := filepath.Join(t.TempDir(), "creds")
-	writeFile(t, file, "[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n[strata]\naws_access_key_id = "+testKey+"\naws_secret_access_key = "+testSecret+"\n")
+	writeFile(t, file, "[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n[strata]\naws_access_key_id = "+g.AccessKey+"\naws_secret_access_key = "+g.SecretKey+"\n")
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", file)
 	_, err = open()
 	wantText(t, err, "refused the credentials from "+file+" (profile default)")

@@ -390,8 +390,8 @@ func TestCrashChild(t *testing.T) {
 	if v == "" {
 		t.Skip("run by TestCrashMidUpload")
 	}
-	var addr, bucket, staging string
-	fmt.Sscan(v, &addr, &bucket, &staging)
+	var addr, bucket, staging, key, secret string
+	fmt.Sscan(v, &addr, &bucket, &staging, &key, &secret)
 	tr := newFailing(t)
 	var once sync.Once
 	stall := func(r *http.Request) bool {
@@ -407,7 +407,7 @@ func TestCrashChild(t *testing.T) {
 	tr.fail.Store(&stall)
 	s, err := Open(ctx, Config{
 		Bucket: bucket, Prefix: "crash", Endpoint: addr, Region: "us-east-1",
-		Credentials: &Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret},
+		Credentials: &Credentials{AccessKeyID: key, SecretAccessKey: secret},
 		StagingDir:  staging, PartSize: MinPartSize, transport: tr,
 	})
 	if err != nil {
@@ -442,7 +442,7 @@ func TestCrashMidUpload(t *testing.T) {
 
 	staging := cfg.StagingDir
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
-	cmd.Env = append(os.Environ(), crashEnv+"="+gateway(t)+" "+cfg.Bucket+" "+staging)
+	cmd.Env = append(os.Environ(), crashEnv+"="+cfg.Endpoint+" "+cfg.Bucket+" "+staging+" "+cfg.Credentials.AccessKeyID+" "+cfg.Credentials.SecretAccessKey)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

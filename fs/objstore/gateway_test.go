@@ -7,176 +7,41 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"strata/fs"
+	"strata/fs/objstore/s3test"
 )
 
 // The tests run against a real S3 server: Versity Gateway on a posix
-// directory, started once for the package on a free loopback port and
-// killed at the end by its PID.
-const (
-	testKey    = "strataTestAccess"
-	testSecret = "strataTestSecret0123456789"
-)
+// directory, started once for the package and stopped at the end.
+var shared s3test.Shared
 
 var ctx = context.Background()
 
-var gw struct {
-	once    sync.Once
-	missing string // why there is no gateway binary
-	err     error
-	addr    string
-	dir     string
-	cmd     *exec.Cmd
-	exited  chan error
-	out     *syncBuffer
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	stopGateway()
+	shared.Close()
 	os.Exit(code)
 }
 
-// gateway returns the address of the test's S3 server, starting it on
-// first use. Without a gateway binary the test is skipped, or fails in CI.
-func gateway(t testing.TB) string {
+// gateway is the test's S3 server, started on first use. Without
+// versitygw the test is skipped, or fails in CI.
+func gateway(t testing.TB) *s3test.Gateway {
 	t.Helper()
-	gw.once.Do(startGateway)
-	if gw.missing != "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal(gw.missing)
-		}
-		t.Skip(gw.missing)
-	}
-	if gw.err != nil {
-		t.Fatal(gw.err)
-	}
-	return gw.addr
-}
-
-// gatewayBinary finds versitygw on PATH, or at $STRATA_VERSITYGW.
-func gatewayBinary() (string, error) {
-	if bin, err := exec.LookPath("versitygw"); err == nil {
-		return bin, nil
-	}
-	if bin := os.Getenv("STRATA_VERSITYGW"); bin != "" {
-		if _, err := os.Stat(bin); err != nil {
-			return "", fmt.Errorf("STRATA_VERSITYGW=%s: %v", bin, err)
-		}
-		return bin, nil
-	}
-	return "", errors.New("versitygw is not on PATH and STRATA_VERSITYGW is not set: install it with `go install github.com/versity/versitygw/cmd/versitygw@v1.8.0`")
-}
-
-func startGateway() {
-	bin, err := gatewayBinary()
-	if err != nil {
-		gw.missing = err.Error()
-		return
-	}
-	gw.dir, err = os.MkdirTemp("", "objstore-gateway-")
-	if err != nil {
-		gw.err = err
-		return
-	}
-	for range 3 {
-		if gw.err = tryGateway(bin); gw.err == nil {
-			return
-		}
-	}
-}
-
-// tryGateway starts the gateway on a port that was free a moment ago.
-func tryGateway(bin string) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	out := &syncBuffer{}
-	cmd := exec.Command(bin, "--port", addr, "--quiet", "posix", gw.dir)
-	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+testKey, "ROOT_SECRET_KEY="+testSecret)
-	cmd.Stdout, cmd.Stderr = out, out
-	// Should this process die without its cleanup, the gateway goes too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %v", bin, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("versitygw exited: %v\n%s", err, out)
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			gw.addr, gw.cmd, gw.exited, gw.out = addr, cmd, exited, out
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	cmd.Process.Kill()
-	<-exited
-	return fmt.Errorf("versitygw did not listen on %s within 20s:\n%s", addr, out)
-}
-
-func stopGateway() {
-	if gw.cmd != nil {
-		gw.cmd.Process.Kill() // by the PID this package started
-		select {
-		case <-gw.exited:
-		case <-time.After(10 * time.Second):
-		}
-	}
-	if gw.dir != "" {
-		// The gateway may still be dying; try a few times.
-		for range 20 {
-			if os.RemoveAll(gw.dir) == nil {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	return shared.Get(t)
 }
 
 // admin is a plain S3 client of the test server, to look behind the store.
 func admin(t testing.TB) *minio.Client {
 	t.Helper()
-	c, err := minio.New(gateway(t), &minio.Options{Creds: credentials.NewStaticV4(testKey, testSecret, ""), Region: "us-east-1"})
+	c, err := gateway(t).Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +55,7 @@ func newBucket(t testing.TB) string {
 	t.Helper()
 	c := admin(t)
 	name := fmt.Sprintf("strata-%d-%d", os.Getpid(), buckets.Add(1))
-	if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{Region: "us-east-1"}); err != nil {
+	if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{Region: gateway(t).Region}); err != nil {
 		t.Fatalf("make bucket %s: %v", name, err)
 	}
 	return name
@@ -200,12 +65,13 @@ func newBucket(t testing.TB) string {
 // server.
 func config(t testing.TB, bucket, prefix string) Config {
 	t.Helper()
+	g := gateway(t)
 	return Config{
 		Bucket:      bucket,
 		Prefix:      prefix,
-		Endpoint:    gateway(t),
-		Region:      "us-east-1",
-		Credentials: &Credentials{AccessKeyID: testKey, SecretAccessKey: testSecret},
+		Endpoint:    g.Endpoint,
+		Region:      g.Region,
+		Credentials: &Credentials{AccessKeyID: g.AccessKey, SecretAccessKey: g.SecretKey},
 		StagingDir:  t.TempDir(),
 		Timeout:     10 * time.Second,
 		Log:         testLog(t),
