@@ -400,10 +400,11 @@ const progressPiece = 256 << 10
 func (c progressConn) Write(p []byte) (int, error) {
 	done := 0
 	for {
+		left := len(p) - done
 		c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 		n, err := c.Conn.Write(p[done:])
 		done += n
-		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || n < min(progressPiece, len(p)-done+n) {
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || n < min(progressPiece, left) {
 			return done, err
 		}
 	}
