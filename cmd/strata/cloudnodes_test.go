@@ -1,16 +1,13 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"strata/fs"
 	"strata/fs/objstore/s3test"
-	"strata/mount/remote"
 )
 
 // Two cloud nodes on one object store serve the same apps: an app
@@ -69,39 +66,13 @@ func TestCloudNodesShareObjectStore(t *testing.T) {
 		t.Fatalf("default limits of sha256 through node 1: %v", err)
 	}
 
-	appedge := startTier(t, bin, "appedge", "-listen", "127.0.0.1:0", "-local", "127.0.0.1:0",
-		"-parent", nodes[0].addr+","+nodes[1].addr,
-		"-data", filepath.Join(dir, "appedge"), "-keys", keys, "-pin", "upper", "-pull-after", "-1",
-		"-refresh", "500ms", "-timeout", "1s", "-call-timeout", "3s")
-	edge := startTier(t, bin, "edge", "-listen", "127.0.0.1:0", "-local", "127.0.0.1:0", "-parent", appedge.addr,
-		"-data", filepath.Join(dir, "edge"), "-keys", keys, "-timeout", "2s", "-call-timeout", "4s")
-	call := func(app, in string) (string, string, error) {
-		return strataRun(bin, in, "call", "-addr", edge.local, "-where", "-call-timeout", "4s", app)
-	}
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		out, errs, err := call("sha256", "abc")
-		if err == nil && strings.HasPrefix(out, "ba7816bf") && strings.Contains(errs, "ran at cloud") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sha256 never ran at the cloud: %q %q %v", out, errs, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	appedge, edge := startAppEdgeEdge(t, bin, dir, keys, nodes[0].addr+","+nodes[1].addr)
+	call := caller(bin, edge.local, "-where", "-call-timeout", "4s")
+	waitCall(t, 90*time.Second, "sha256 never ran at the cloud", call, "sha256", "abc", sha256AtCloud)
 
 	// The node the app edge is on: its latest connection says.
 	on := func() int {
-		which := -1
-		for _, line := range strings.Split(appedge.logs.String(), "\n") {
-			if strings.Contains(line, "9P2000.L connected") {
-				for i, n := range nodes {
-					if strings.Contains(line, "("+n.addr+")") {
-						which = i
-					}
-				}
-			}
-		}
+		which := connectedTo(appedge.logs.String(), nodes)
 		if which < 0 {
 			t.Fatalf("the app edge's log names no cloud node it connected to:\n%s", appedge.logs.String())
 		}
@@ -140,7 +111,7 @@ func TestCloudNodesShareObjectStore(t *testing.T) {
 		start := time.Now()
 		out, errs, err := call("sha256", "abc")
 		took := time.Since(start)
-		if err != nil || !strings.HasPrefix(out, "ba7816bf") || !strings.Contains(errs, "ran at cloud") {
+		if err != nil || !sha256AtCloud(out, errs) {
 			t.Fatalf("call %d after node %d was killed: %q %q %v", i, first, out, errs, err)
 		}
 		if took > 6*time.Second { // the 4 s budget, plus starting a process
@@ -158,37 +129,4 @@ func TestCloudNodesShareObjectStore(t *testing.T) {
 	if out, _, err := call("upper", "still"); err != nil || out != "STILL" {
 		t.Fatalf("upper after the kill: %q, %v", out, err)
 	}
-}
-
-// writeTier replaces a file of a tier's plain port with text.
-func writeTier(addr, name, text string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	tree, err := remote.Dial(ctx, "tcp", addr, remote.Options{Timeout: 3 * time.Second})
-	if err != nil {
-		return err
-	}
-	defer tree.Close()
-	h, err := tree.File(name).Open(ctx, fs.WriteOnly|fs.Truncate)
-	if err != nil {
-		return err
-	}
-	if _, err := h.WriteAt(ctx, []byte(text), 0); err != nil {
-		h.Close(ctx)
-		return err
-	}
-	return h.Close(ctx)
-}
-
-// readTier reads a file of a tier's plain port.
-func readTier(addr, name string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	tree, err := remote.Dial(ctx, "tcp", addr, remote.Options{Timeout: 3 * time.Second})
-	if err != nil {
-		return "", err
-	}
-	defer tree.Close()
-	b, err := readRemote(ctx, tree, name)
-	return string(b), err
 }

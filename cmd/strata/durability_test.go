@@ -40,6 +40,16 @@ var buildStrata = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
+// strataBin is the strata binary, built once per test run.
+func strataBin(t *testing.T) string {
+	t.Helper()
+	bin, err := buildStrata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
 // server is a `strata serve store` process.
 type server struct {
 	cmd  *exec.Cmd
@@ -75,11 +85,7 @@ var listenRE = regexp.MustCompile(`listen=(\S+)`)
 
 func startServer(t *testing.T, data string) *server {
 	t.Helper()
-	bin, err := buildStrata()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", "store", "-listen", "127.0.0.1:0", "-data", data, "-log-level", "debug")
+	cmd := exec.Command(strataBin(t), "serve", "store", "-listen", "127.0.0.1:0", "-data", data, "-log-level", "debug")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -131,6 +137,11 @@ func record(name string, version int, r *rand.Rand) []byte {
 	for i := range body {
 		body[i] = byte(r.Uint32())
 	}
+	return recordOf(name, version, body)
+}
+
+// recordOf is the record of version of name with body.
+func recordOf(name string, version int, body []byte) []byte {
 	sum := sha256.Sum256(body)
 	return append([]byte(fmt.Sprintf("%s %d %s\n", name, version, hex.EncodeToString(sum[:]))), body...)
 }
@@ -167,7 +178,8 @@ type linuxClient struct {
 	root p9.File
 }
 
-func dialLinux(addr string) (fileClient, error) {
+// dialLinux dials a 9P2000.L server and attaches to the tree aname names.
+func dialLinux(addr, aname string) (fileClient, error) {
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return nil, err
@@ -177,7 +189,7 @@ func dialLinux(addr string) (fileClient, error) {
 		conn.Close()
 		return nil, err
 	}
-	root, err := c.Attach("")
+	root, err := c.Attach(aname)
 	if err != nil {
 		c.Close()
 		return nil, err
@@ -275,12 +287,13 @@ type plan9Client struct {
 	conn *plan9client.Conn
 }
 
-func dialPlan9(addr string) (fileClient, error) {
+// dialPlan9 dials a 9P2000 server and attaches to the tree aname names.
+func dialPlan9(addr, aname string) (fileClient, error) {
 	conn, err := plan9client.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	fsys, err := conn.Attach(nil, "strata", "")
+	fsys, err := conn.Attach(nil, "strata", aname)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -324,6 +337,47 @@ func (p *plan9Client) list() ([]string, error) {
 
 func (p *plan9Client) close() { p.conn.Close() }
 
+// ackLog is what a durability writer has been told of its files.
+type ackLog struct {
+	mu       sync.Mutex
+	version  int            // the latest version begun, of any file
+	acked    map[string]int // name -> last acknowledged version
+	inflight map[string]int // name -> version whose close was not answered
+	total    int            // acknowledged writes
+}
+
+func newAckLog() *ackLog {
+	return &ackLog{acked: map[string]int{}, inflight: map[string]int{}}
+}
+
+// begin takes the next version for a write of name, in flight until ack.
+func (l *ackLog) begin(name string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.version++
+	l.inflight[name] = l.version
+	return l.version
+}
+
+// ack records that the close of version v of name was answered.
+func (l *ackLog) ack(name string, v int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.acked[name] = v
+	delete(l.inflight, name)
+	l.total++
+}
+
+// durabilityName is the file of write i of a round: one of twelve files
+// rewritten throughout, or, one time in five, a new one.
+func durabilityName(r *rand.Rand, round, i int) string {
+	name := fmt.Sprintf("f%02d", r.IntN(12))
+	if r.IntN(5) == 0 {
+		name = fmt.Sprintf("n%03d-%04d", round, i)
+	}
+	return name
+}
+
 // TestKillDurability kills the store server with SIGKILL while a client
 // writes and closes checksummed files, restarts it, and checks that every
 // acknowledged file is intact and no file is torn. Twenty rounds, on one
@@ -335,49 +389,34 @@ func TestKillDurability(t *testing.T) {
 	}
 	data := t.TempDir()
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	acked := map[string]int{}    // name -> last acknowledged version
-	inflight := map[string]int{} // name -> version whose close was not answered
-	version := 0
-	totalAcked := 0
+	writes := newAckLog()
 	for round := range rounds {
 		dial, dialect := dialLinux, "9P2000.L"
 		if round%2 == 1 {
 			dial, dialect = dialPlan9, "9P2000"
 		}
 		s := startServer(t, data)
-		c, err := dial(s.addr)
+		c, err := dial(s.addr, "")
 		if err != nil {
 			s.kill()
 			t.Fatalf("round %d: dial %s: %v\n%s", round, dialect, err, s.logs)
 		}
 		if round > 0 {
-			verify(t, round, c, acked, inflight)
+			verify(t, round, c, writes)
 		}
-		clear(inflight)
+		clear(writes.inflight)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(50+r.IntN(250))*time.Millisecond)
 		done := make(chan struct{})
-		var mu sync.Mutex
 		wr := rand.New(rand.NewPCG(uint64(round), 11))
 		go func() {
 			defer close(done)
 			for i := 0; i < 10_000; i++ {
-				name := fmt.Sprintf("f%02d", wr.IntN(12))
-				if wr.IntN(5) == 0 {
-					name = fmt.Sprintf("n%03d-%04d", round, i)
-				}
-				mu.Lock()
-				version++
-				v := version
-				inflight[name] = v
-				mu.Unlock()
+				name := durabilityName(wr, round, i)
+				v := writes.begin(name)
 				if err := c.put(name, record(name, v, wr)); err != nil {
 					return // the server was killed
 				}
-				mu.Lock()
-				acked[name] = v
-				delete(inflight, name)
-				totalAcked++
-				mu.Unlock()
+				writes.ack(name, v)
 			}
 		}()
 		<-ctx.Done()
@@ -388,23 +427,24 @@ func TestKillDurability(t *testing.T) {
 	}
 	s := startServer(t, data)
 	defer s.kill()
-	c, err := dialLinux(s.addr)
+	c, err := dialLinux(s.addr, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.close()
-	verify(t, rounds, c, acked, inflight)
-	t.Logf("%d rounds, %d acknowledged writes, %d files checked", rounds, totalAcked, len(acked))
-	if totalAcked < rounds {
-		t.Errorf("only %d writes were acknowledged in %d rounds: the test did not exercise the store", totalAcked, rounds)
+	verify(t, rounds, c, writes)
+	t.Logf("%d rounds, %d acknowledged writes, %d files checked", rounds, writes.total, len(writes.acked))
+	if writes.total < rounds {
+		t.Errorf("only %d writes were acknowledged in %d rounds: the test did not exercise the store", writes.total, rounds)
 	}
 }
 
 // verify checks every file after a restart: each acknowledged file holds its
 // acknowledged version or the version whose close was in flight; every file
 // is a whole record; no temporary file shows.
-func verify(t *testing.T, round int, c fileClient, acked, inflight map[string]int) {
+func verify(t *testing.T, round int, c fileClient, writes *ackLog) {
 	t.Helper()
+	acked, inflight := writes.acked, writes.inflight
 	names, err := c.list()
 	if err != nil {
 		t.Fatalf("round %d: list: %v", round, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -225,21 +226,28 @@ func killCall(ctx context.Context, tree *remote.Tree, app string, in []byte) ([]
 		h.Close(ctx)
 		return nil, err
 	}
-	rctx := remote.WithTimeout(ctx, 10*time.Second) // the call's budget, not a step's
+	out, err := readToEnd(remote.WithTimeout(ctx, 10*time.Second), h) // the call's budget, not a step's
+	if err != nil {
+		h.Close(ctx)
+		return nil, err
+	}
+	return out, h.Close(ctx)
+}
+
+// readToEnd reads h from offset 0 until a read returns EOF or nothing.
+func readToEnd(ctx context.Context, h fs.Handle) ([]byte, error) {
 	var out []byte
 	buf := make([]byte, 64<<10)
 	for {
-		n, err := h.ReadAt(rctx, buf, int64(len(out)))
+		n, err := h.ReadAt(ctx, buf, int64(len(out)))
 		out = append(out, buf[:n]...)
-		if err == io.EOF || (err == nil && n == 0) {
-			break
+		if errors.Is(err, io.EOF) || (err == nil && n == 0) {
+			return out, nil
 		}
 		if err != nil {
-			h.Close(ctx)
 			return nil, err
 		}
 	}
-	return out, h.Close(ctx)
 }
 
 // killPutTree puts data in /store/name of a 9P tree: create or truncate,
@@ -441,11 +449,7 @@ func TestKillEachTier(t *testing.T) {
 	// The hierarchy, one process per tier, with short bounds so that an
 	// outage is noticed quickly.
 	cloud, cloudP := killServe(t, bin, "cloud", "-data", filepath.Join(dir, "cloud"), "-keys", keys, "-call-timeout", "4s")
-	for _, app := range []string{"upper", "sha256"} {
-		if out, errs, err := strataRun(bin, "", "deploy", "-addr", cloudP.local, app, mods[app]); err != nil || !strings.Contains(out, "deployed "+app+" version 1") {
-			t.Fatalf("deploy %s: %v\n%s%s", app, err, out, errs)
-		}
-	}
+	deployApps(t, bin, mods, cloudP.local, "upper", "sha256")
 	appedge, appedgeP := killServe(t, bin, "appedge", "-parent", cloudP.addr, "-data", filepath.Join(dir, "appedge"), "-keys", keys,
 		"-pin", "upper", "-pull-after", "-1", "-refresh", "1s", "-timeout", "2s", "-call-timeout", "4s")
 	edge, edgeP := killServe(t, bin, "edge", "-parent", appedgeP.addr, "-data", filepath.Join(dir, "edge"), "-keys", keys,

@@ -189,11 +189,7 @@ func faultStart(t *testing.T) *faultHier {
 	h := &faultHier{}
 	h.cloud = startTier(t, bin, "cloud", "-listen", "127.0.0.1:0", "-local", "127.0.0.1:0",
 		"-data", filepath.Join(dir, "cloud"), "-keys", keys, "-call-timeout", budget)
-	for _, app := range []string{"upper", "sha256"} {
-		if out, errs, err := strataRun(bin, "", "deploy", "-addr", h.cloud.local, app, mods[app]); err != nil || !strings.Contains(out, "deployed "+app+" version 1") {
-			t.Fatalf("deploy %s: %v\n%s%s", app, err, out, errs)
-		}
-	}
+	deployApps(t, bin, mods, h.cloud.local, "upper", "sha256")
 	proxy := func(target string) *shape.Proxy {
 		p, err := shape.Start(context.Background(), shape.Config{Listen: "127.0.0.1:0", Target: target, DialTimeout: faultStep})
 		if err != nil {
@@ -688,18 +684,7 @@ func faultQuery(ctx context.Context, tree *remote.Tree, p string, hops int, budg
 	if _, err := hd.WriteAt(ctx, fmt.Appendf(nil, "budget-ms %d\nhops %d\n", budget.Milliseconds(), hops), 0); err != nil {
 		return nil, err
 	}
-	var out []byte
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := hd.ReadAt(ctx, buf, int64(len(out)))
-		out = append(out, buf[:n]...)
-		if errors.Is(err, io.EOF) || (err == nil && n == 0) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
+	return readToEnd(ctx, hd)
 }
 
 // checkRuns reads the traces of ids and fails the test if an app ran to

@@ -2,21 +2,14 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	plan9client "9fans.net/go/plan9/client"
-	"github.com/hugelgupf/p9/p9"
 	"github.com/minio/minio-go/v7"
 
 	"strata/fs/objstore/s3test"
@@ -48,36 +41,35 @@ func TestKillDurabilityObjectStore(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "edge")
 
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13))
-	acked := map[string]int{}    // name -> last acknowledged version
-	inflight := map[string]int{} // name -> version whose close was not answered
-	version := 0
-	var totalAcked, bigAcked, killedInFlight, killedBig int
+	writes := newAckLog()
+	var bigAcked, killedInFlight, killedBig int
 	var startTimes, roundTimes []time.Duration
 	for round := range rounds {
-		dial, dialect := objDialLinux, "9P2000.L"
+		// The edge's /store, in either dialect.
+		dial, dialect, aname := dialLinux, "9P2000.L", "/store"
 		if round%2 == 1 {
-			dial, dialect = objDialPlan9, "9P2000"
+			dial, dialect, aname = dialPlan9, "9P2000", "store"
 		}
 		t0 := time.Now()
 		e := objStartEdge(t, bin, data, keys, storeURL)
 		startTimes = append(startTimes, time.Since(t0))
 		objCheckStaging(t, round, data)
-		c, err := dial(e.local)
+		c, err := dial(e.local, aname)
 		if err != nil {
 			t.Fatalf("round %d: dial %s: %v\n%s", round, dialect, err, e.logs)
 		}
 		if round > 0 {
-			verify(t, round, c, acked, inflight)
+			verify(t, round, c, writes)
 			if t.Failed() {
 				c.close()
 				t.FailNow()
 			}
 		}
-		clear(inflight)
+		clear(writes.inflight)
 
 		// The writer runs until the edge dies. The kill comes at a random
-		// moment after the round's first acknowledged write.
-		var mu sync.Mutex
+		// moment after the round's first acknowledged write. What the
+		// writer counts here is read once it has stopped.
 		roundAcked := 0
 		curBig := false // the write under way is a large one
 		firstAck := make(chan struct{})
@@ -86,19 +78,12 @@ func TestKillDurabilityObjectStore(t *testing.T) {
 		go func() {
 			defer close(done)
 			for i := 0; i < 10_000; i++ {
-				name := fmt.Sprintf("f%02d", wr.IntN(12))
-				if wr.IntN(5) == 0 {
-					name = fmt.Sprintf("n%03d-%04d", round, i)
-				}
+				name := durabilityName(wr, round, i)
 				// Every fourth round starts with a large write, and one
 				// write in 25 is large.
 				big := wr.IntN(25) == 0 || (i == 0 && round%4 == 0)
-				mu.Lock()
-				version++
-				v := version
-				inflight[name] = v
+				v := writes.begin(name)
 				curBig = big
-				mu.Unlock()
 				rec := record(name, v, wr)
 				if big {
 					rec = objBigRecord(name, v, wr)
@@ -106,10 +91,7 @@ func TestKillDurabilityObjectStore(t *testing.T) {
 				if err := c.put(name, rec); err != nil {
 					return // the edge was killed
 				}
-				mu.Lock()
-				acked[name] = v
-				delete(inflight, name)
-				totalAcked++
+				writes.ack(name, v)
 				roundAcked++
 				if big {
 					bigAcked++
@@ -117,7 +99,6 @@ func TestKillDurabilityObjectStore(t *testing.T) {
 				if roundAcked == 1 {
 					close(firstAck)
 				}
-				mu.Unlock()
 			}
 		}()
 		select {
@@ -132,23 +113,21 @@ func TestKillDurabilityObjectStore(t *testing.T) {
 		<-e.done
 		<-done
 		c.close()
-		mu.Lock()
-		killedInFlight += len(inflight)
-		if len(inflight) > 0 && curBig {
+		killedInFlight += len(writes.inflight)
+		if len(writes.inflight) > 0 && curBig {
 			killedBig++
 		}
-		mu.Unlock()
 		roundTimes = append(roundTimes, time.Since(t0))
 	}
 
 	e := objStartEdge(t, bin, data, keys, storeURL)
 	objCheckStaging(t, rounds, data)
-	c, err := objDialLinux(e.local)
+	c, err := dialLinux(e.local, "/store")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.close()
-	verify(t, rounds, c, acked, inflight)
+	verify(t, rounds, c, writes)
 	names, err := c.list()
 	if err != nil {
 		t.Fatal(err)
@@ -178,25 +157,20 @@ func TestKillDurabilityObjectStore(t *testing.T) {
 		t.Errorf("objects that are no file of the store: %q", stray)
 	}
 	t.Logf("%d rounds, %d acknowledged writes (%d over 16 MiB, multipart), %d kills with a write under way (%d of them a large one), %d files checked, %d objects in the bucket",
-		rounds, totalAcked, bigAcked, killedInFlight, killedBig, len(acked), objects)
+		rounds, writes.total, bigAcked, killedInFlight, killedBig, len(writes.acked), objects)
 	t.Logf("edge start to serving: median %v, max %v; round (start, check, write, kill): median %v",
 		objMedian(startTimes), slices.Max(startTimes), objMedian(roundTimes))
-	if totalAcked < 2*rounds {
-		t.Errorf("only %d writes were acknowledged in %d rounds: the test did not exercise the store", totalAcked, rounds)
+	if writes.total < 2*rounds {
+		t.Errorf("only %d writes were acknowledged in %d rounds: the test did not exercise the store", writes.total, rounds)
 	}
 }
 
 // objSetup builds strata and makes a keyring of one group.
 func objSetup(t *testing.T) (bin, keys string) {
 	t.Helper()
-	bin, err := buildStrata()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin = strataBin(t)
 	keys = filepath.Join(t.TempDir(), "keys")
-	if out, errs, err := strataRun(bin, "", "keygen", "-keys", keys, "-groups", "1"); err != nil {
-		t.Fatalf("keygen: %v\n%s%s", err, out, errs)
-	}
+	makeKeys(t, bin, keys)
 	return bin, keys
 }
 
@@ -236,41 +210,7 @@ func objBigRecord(name string, version int, r *rand.Rand) []byte {
 			body[i+j] = byte(u >> (8 * j))
 		}
 	}
-	sum := sha256.Sum256(body)
-	return append([]byte(fmt.Sprintf("%s %d %s\n", name, version, hex.EncodeToString(sum[:]))), body...)
-}
-
-// objDialLinux is dialLinux attached to the edge's /store.
-func objDialLinux(addr string) (fileClient, error) {
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	c, err := p9.NewClient(conn, p9.WithMessageSize(1<<20))
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	root, err := c.Attach("/store")
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	return &linuxClient{c, root}, nil
-}
-
-// objDialPlan9 is dialPlan9 attached to the edge's /store.
-func objDialPlan9(addr string) (fileClient, error) {
-	conn, err := plan9client.Dial("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	fsys, err := conn.Attach(nil, "strata", "store")
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return &plan9Client{fsys, conn}, nil
+	return recordOf(name, version, body)
 }
 
 func objMedian(d []time.Duration) time.Duration {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -38,23 +37,13 @@ func TestEdgesShareObjectStore(t *testing.T) {
 	if err := storeRoundTrip(edges[0].local, "from-edge-0", "written through edge 0"); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := readStore(edges[1].local, "from-edge-0"); err != nil || got != "written through edge 0" {
+	if got, err := readTier(edges[1].local, "store/from-edge-0"); err != nil || got != "written through edge 0" {
 		t.Fatalf("edge 1 reads %q, %v", got, err)
 	}
 
 	// Wait (bounded) for the pinned replica and its compiled module, so
 	// that the first call through the mount is not also the app's first.
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		out, errs, err := strataRun(bin, "hi", "call", "-addr", edges[0].local, "upper")
-		if err == nil && out == "HI" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("upper never answered: %q %q %v", out, errs, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitCall(t, 90*time.Second, "upper never answered", caller(bin, edges[0].local), "upper", "hi", func(out, _ string) bool { return out == "HI" })
 
 	// A client mounted with both edges.
 	mnt := filepath.Join(dir, "mnt")
@@ -64,22 +53,13 @@ func TestEdgesShareObjectStore(t *testing.T) {
 		t.Fatalf("through the mount: %q, %v\n%s", out, err, logs)
 	}
 	// The edge the client is on (its latest connection says), killed.
-	which := -1
-	for _, line := range strings.Split(logs.String(), "\n") {
-		if strings.Contains(line, "9P2000.L connected") {
-			for i, e := range edges {
-				if strings.Contains(line, "("+e.addr+")") {
-					which = i
-				}
-			}
-		}
-	}
+	which := connectedTo(logs.String(), edges)
 	if which < 0 {
 		t.Fatalf("the client's log names no edge it connected to:\n%s", logs)
 	}
 	edges[which].cmd.Process.Kill()
 	<-edges[which].done
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		out, err := sh(mnt, "cat store/before && echo after > store/after && cat store/after")
 		if err == nil && out == "kept\nafter\n" {

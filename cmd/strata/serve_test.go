@@ -15,7 +15,7 @@ func TestServeStoreStopsOnSignal(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			s := startServer(t, t.TempDir())
-			c, err := dialPlan9(s.addr)
+			c, err := dialPlan9(s.addr, "")
 			if err != nil {
 				s.kill()
 				t.Fatal(err)
@@ -49,10 +49,7 @@ func TestServeStoreStopsOnSignal(t *testing.T) {
 
 // Bad flags fail with a message that says what is wrong.
 func TestServeStoreFlags(t *testing.T) {
-	bin, err := buildStrata()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := strataBin(t)
 	for _, tc := range []struct {
 		args []string
 		want string

@@ -61,10 +61,7 @@ func topology(t *testing.T, bin string, timeout time.Duration, args ...string) (
 // running the app it holds. `down` leaves no namespace, mount or process.
 func TestTopology(t *testing.T) {
 	needTopology(t)
-	bin, err := buildStrata()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := strataBin(t)
 	dir := filepath.Join(t.TempDir(), "topo")
 	prefix := fmt.Sprintf("stt%d", os.Getpid()%100000)
 	downDone := false

@@ -58,10 +58,7 @@ func startUp(t *testing.T, bin, dir string) (*exec.Cmd, *logBuffer, chan struct{
 // edge, status, a clean stop on SIGTERM, and a restart that keeps the
 // keys, the apps and the store.
 func TestUpEndToEnd(t *testing.T) {
-	bin, err := buildStrata()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := strataBin(t)
 	dir := t.TempDir()
 	cmd, logs, done := startUp(t, bin, dir)
 	m, err := up.ReadManifest(dir)
@@ -121,7 +118,7 @@ func TestUpEndToEnd(t *testing.T) {
 		t.Fatal("the restart made new keys")
 	}
 	edge, _ = m.Find("edge", "g1")
-	got, err := readStore(edge.Local, "kept")
+	got, err := readTier(edge.Local, "store/kept")
 	if err != nil || got != "kept across restarts" {
 		t.Fatalf("after the restart the store has %q, %v", got, err)
 	}
