@@ -23,6 +23,7 @@ import (
 
 	"strata/fs"
 	"strata/fs/memfs"
+	"strata/fs/ninep/ninetest"
 )
 
 // logBuf collects a server's log; it is shown when a test fails.
@@ -206,102 +207,15 @@ func list(t testing.TB, dir p9.File) []string {
 	}
 }
 
-const lOEXCLTest = p9.OpenFlags(lOEXCL)
-
 // TestLinuxFiles: a third-party client (p9's) creates, writes, reads back,
 // lists, renames and removes, and errors arrive as the right errno.
 func TestLinuxFiles(t *testing.T) {
 	addr, logs := startL(t, memfs.New())
-	_, root := dialL(t, addr, 64<<10)
-
-	if _, err := walkTo(t, root).Mkdir("dir", 0o755, p9.NoUID, p9.NoGID); err != nil {
-		t.Fatal(err)
-	}
-	dir := walkTo(t, root, "dir")
-	f := walkTo(t, dir)
-	if _, _, _, err := f.Create("a.txt", p9.ReadWrite, 0o644, p9.NoUID, p9.NoGID); err != nil {
-		t.Fatal(err)
-	}
-	data := bytes.Repeat([]byte("strata "), 30000) // 210 kB: several Twrites at 64 KiB
-	if n, err := f.WriteAt(data, 0); err != nil || n != len(data) {
-		t.Fatalf("write: %d, %v", n, err)
-	}
-	if err := f.FSync(); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	g := walkTo(t, dir, "a.txt")
-	_, valid, attr, err := g.GetAttr(p9.AttrMaskAll)
-	if err != nil || !valid.Size || attr.Size != uint64(len(data)) || !attr.Mode.IsRegular() || attr.Mode.Permissions() != 0o644 {
-		t.Errorf("getattr: %v %v %v", valid, attr, err)
-	}
-	if _, _, err := g.Open(p9.ReadOnly); err != nil {
-		t.Fatal(err)
-	}
-	if got := readAll(t, g); !bytes.Equal(got, data) {
-		t.Errorf("read back %d bytes, want %d", len(got), len(data))
-	}
-	_, err = g.WriteAt([]byte("x"), 0)
-	wantErrno(t, "write to a read-only fid", err, linux.EPERM)
-	g.Close()
-
-	// Truncate through setattr.
-	h := walkTo(t, dir, "a.txt")
-	if err := h.SetAttr(p9.SetAttrMask{Size: true}, p9.SetAttr{Size: 5}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, attr, _ := h.GetAttr(p9.AttrMaskAll); attr.Size != 5 {
-		t.Errorf("size after truncate: %d", attr.Size)
-	}
-	h.Close()
-
-	// Create with O_EXCL on an existing name.
-	e := walkTo(t, dir)
-	_, _, _, err = e.Create("a.txt", p9.WriteOnly|lOEXCLTest, 0o644, p9.NoUID, p9.NoGID)
-	wantErrno(t, "exclusive create of an existing file", err, linux.EEXIST)
-	e.Close()
-
-	if got := list(t, dir); !slices.Equal(got, []string{"a.txt"}) {
-		t.Errorf("listing: %q", got)
-	}
-	if err := dir.RenameAt("a.txt", root, "b.txt"); err != nil {
-		t.Fatal(err)
-	}
-	if got := list(t, root); !slices.Equal(got, []string{"b.txt", "dir"}) {
-		t.Errorf("listing after rename: %q", got)
-	}
-	_, _, err = dir.Walk([]string{"a.txt"})
-	wantErrno(t, "walk to a renamed file", err, linux.ENOENT)
-
-	if _, err := walkTo(t, dir).Mkdir("sub", 0o755, p9.NoUID, p9.NoGID); err != nil {
-		t.Fatal(err)
-	}
-	wantErrno(t, "unlink a directory without AT_REMOVEDIR", root.UnlinkAt("dir", 0), linux.EISDIR)
-	wantErrno(t, "rmdir a non-empty directory", root.UnlinkAt("dir", lATREMOVEDIR), linux.ENOTEMPTY)
-	wantErrno(t, "rmdir a file", root.UnlinkAt("b.txt", lATREMOVEDIR), linux.ENOTDIR)
-	if err := dir.UnlinkAt("sub", lATREMOVEDIR); err != nil {
-		t.Fatal(err)
-	}
-	dir.Close()
-	if err := root.UnlinkAt("dir", lATREMOVEDIR); err != nil {
-		t.Fatal(err)
-	}
-	if err := root.UnlinkAt("b.txt", 0); err != nil {
-		t.Fatal(err)
-	}
-	if got := list(t, root); len(got) != 0 {
-		t.Errorf("listing after removes: %q", got)
-	}
-	wantErrno(t, "remove a missing file", root.UnlinkAt("b.txt", 0), linux.ENOENT)
-
-	if st, err := root.StatFS(); err != nil || st.NameLength != fs.MaxNameLen {
-		t.Errorf("statfs: %+v %v", st, err)
+	if err := ninetest.LinuxClient(addr, ninetest.LinuxOptions{Msize: 64 << 10}); err != nil {
+		t.Error(err)
 	}
 	// Failures are logged at debug level with the op, the path and the
-	// tree's own text.
+	// tree's own text: the client's remove of the missing b.txt.
 	if l := logs.String(); !strings.Contains(l, "op=remove path=/b.txt") || !strings.Contains(l, "file does not exist") {
 		t.Errorf("log lacks the failed remove:\n%s", l)
 	}

@@ -1,11 +1,9 @@
 package ninep
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	iofs "io/fs"
 	"log/slog"
 	"slices"
@@ -18,118 +16,41 @@ import (
 	"9fans.net/go/plan9/client"
 
 	"strata/fs"
+	"strata/fs/ninep/ninetest"
 )
 
 // A third-party client (9fans.net/go/plan9/client) does the everyday
-// things: create, write, read back, list, rename, remove, mkdir.
+// things: create, write, read back, list, rename, remove, mkdir. What it
+// writes is in the tree; what it removes is gone from it.
 func TestPlan9Client(t *testing.T) {
 	root := plan9TestTree(t, map[string]string{"hello.txt": "hello, world\n", "sub/inner": "x"})
 	addr := plan9Serve(t, root)
-	_, fsys := plan9Mount(t, addr, "alice")
-
-	data := bytes.Repeat([]byte("0123456789abcdef"), 20_000) // 320 KB: many Twrites
-	fid, err := fsys.Create("new.txt", plan9.ORDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n, err := fid.Write(data); err != nil || n != len(data) {
-		t.Fatalf("write: %d, %v", n, err)
-	}
-	if err := fid.Close(); err != nil {
-		t.Fatalf("clunk: %v", err)
-	}
-	if got, err := plan9ReadFile(t, root, "new.txt"); err != nil || got != string(data) {
-		t.Fatalf("the tree holds %d bytes (%v), want %d", len(got), err, len(data))
-	}
-
-	fid, err = fsys.Open("new.txt", plan9.OREAD)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := io.ReadAll(fid)
-	fid.Close()
-	if err != nil || !bytes.Equal(back, data) {
-		t.Fatalf("read back %d bytes (%v), want %d", len(back), err, len(data))
-	}
-
-	d, err := fsys.Open("/", plan9.OREAD)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dirs, err := d.Dirreadall()
-	d.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range dirs {
-		names = append(names, e.Name)
-		if e.Uid != "alice" || e.Gid != "alice" || e.Muid != "alice" {
-			t.Errorf("%s: uid/gid/muid %q/%q/%q, want alice", e.Name, e.Uid, e.Gid, e.Muid)
-		}
-		switch e.Name {
-		case "sub":
-			if e.Mode&plan9.DMDIR == 0 || e.Qid.Type&plan9.QTDIR == 0 {
-				t.Errorf("sub: mode %v qid %v, want a directory", e.Mode, e.Qid)
+	err := ninetest.Plan9Client(addr, ninetest.Plan9Options{
+		Uname:     "alice",
+		ListsMode: true,
+		AfterCreate: func(name string, data []byte) error {
+			if got, err := plan9ReadFile(t, root, name); err != nil || got != string(data) {
+				return fmt.Errorf("the tree holds %d bytes in %s (%v), want %d", len(got), name, err, len(data))
 			}
-		case "new.txt":
-			if e.Length != uint64(len(data)) || e.Mode != 0o644 {
-				t.Errorf("new.txt: length %d mode %v", e.Length, e.Mode)
+			return nil
+		},
+		AfterRename: func(_, name string, data []byte) error {
+			if got, err := plan9ReadFile(t, root, name); err != nil || got != string(data) {
+				return fmt.Errorf("the renamed file %s holds %d bytes (%v), want %d", name, len(got), err, len(data))
 			}
-		}
-	}
-	if got := strings.Join(names, ","); got != "hello.txt,new.txt,sub" {
-		t.Errorf("listing: %s", got)
-	}
-
-	st, err := fsys.Stat("new.txt")
+			return nil
+		},
+		AfterRemove: func(names []string) error {
+			for _, name := range names {
+				if _, err := fs.Walk(context.Background(), root, name); !errors.Is(err, iofs.ErrNotExist) {
+					return fmt.Errorf("the tree still has %s: %v", name, err)
+				}
+			}
+			return nil
+		},
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Name != "new.txt" || st.Length != uint64(len(data)) || st.Qid.Type != plan9.QTFILE {
-		t.Errorf("stat: %v", st)
-	}
-	rst, err := fsys.Stat("/")
-	if err != nil || rst.Name != "/" || rst.Qid.Type != plan9.QTDIR {
-		t.Errorf("stat /: %v, %v", rst, err)
-	}
-
-	var nd plan9.Dir
-	nd.Null()
-	nd.Name = "renamed.txt"
-	if err := fsys.Wstat("new.txt", &nd); err != nil {
-		t.Fatalf("rename: %v", err)
-	}
-	if _, err := fsys.Stat("new.txt"); err == nil || !strings.Contains(err.Error(), "does not exist") {
-		t.Errorf("stat of the old name: %v", err)
-	}
-	if got, _ := plan9ReadFile(t, root, "renamed.txt"); got != string(data) {
-		t.Errorf("renamed file holds %d bytes", len(got))
-	}
-
-	if err := fsys.Remove("renamed.txt"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fs.Walk(context.Background(), root, "renamed.txt"); !errors.Is(err, iofs.ErrNotExist) {
-		t.Errorf("after remove: %v", err)
-	}
-
-	dfid, err := fsys.Create("sub/newdir", plan9.OREAD, plan9.DMDIR|0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dfid.Close()
-	f2, err := fsys.Create("sub/newdir/leaf", plan9.OWRITE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f2.Write([]byte("leaf"))
-	f2.Close()
-	if got, err := plan9ReadFile(t, root, "sub/newdir/leaf"); got != "leaf" {
-		t.Errorf("sub/newdir/leaf: %q, %v", got, err)
-	}
-	if err := fsys.Remove("sub/newdir"); err == nil || !strings.Contains(err.Error(), "not empty") {
-		t.Errorf("remove of a non-empty directory: %v", err)
+		t.Error(err)
 	}
 }
 
