@@ -107,6 +107,12 @@ func ReadAll(ctx context.Context, f File, max int) ([]byte, error) {
 		return nil, err
 	}
 	defer h.Close(context.WithoutCancel(ctx))
+	return ReadHandle(ctx, h, max)
+}
+
+// ReadHandle reads the open handle h from offset 0 to its end (a read that
+// returns io.EOF, or nothing), and fails with TooLarge past max bytes.
+func ReadHandle(ctx context.Context, h Handle, max int) ([]byte, error) {
 	var out []byte
 	buf := make([]byte, 64<<10)
 	for {

@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -226,28 +224,12 @@ func killCall(ctx context.Context, tree *remote.Tree, app string, in []byte) ([]
 		h.Close(ctx)
 		return nil, err
 	}
-	out, err := readToEnd(remote.WithTimeout(ctx, 10*time.Second), h) // the call's budget, not a step's
+	out, err := fs.ReadHandle(remote.WithTimeout(ctx, 10*time.Second), h, 64<<20) // the call's budget, not a step's
 	if err != nil {
 		h.Close(ctx)
 		return nil, err
 	}
 	return out, h.Close(ctx)
-}
-
-// readToEnd reads h from offset 0 until a read returns EOF or nothing.
-func readToEnd(ctx context.Context, h fs.Handle) ([]byte, error) {
-	var out []byte
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := h.ReadAt(ctx, buf, int64(len(out)))
-		out = append(out, buf[:n]...)
-		if errors.Is(err, io.EOF) || (err == nil && n == 0) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
 }
 
 // killPutTree puts data in /store/name of a 9P tree: create or truncate,

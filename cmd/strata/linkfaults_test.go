@@ -684,7 +684,7 @@ func faultQuery(ctx context.Context, tree *remote.Tree, p string, hops int, budg
 	if _, err := hd.WriteAt(ctx, fmt.Appendf(nil, "budget-ms %d\nhops %d\n", budget.Milliseconds(), hops), 0); err != nil {
 		return nil, err
 	}
-	return readToEnd(ctx, hd)
+	return fs.ReadHandle(ctx, hd, 64<<20)
 }
 
 // checkRuns reads the traces of ids and fails the test if an app ran to

@@ -77,7 +77,7 @@ func TestSetAttr(t *testing.T) {
 	if err := cn.SetAttr(ctx, fs.Attr{Size: &size}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := readAll(h); err != nil || len(got) != 0 {
+	if got, err := fs.ReadHandle(ctx, h, 1<<30); err != nil || len(got) != 0 {
 		t.Errorf("read through the handle after truncation: %q, %v", got, err)
 	}
 	write(t, h, []byte("abc"), 0)
@@ -199,7 +199,7 @@ func TestExclusiveCreate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := readAll(h); err != nil || string(got) != "mine" {
+	if got, err := fs.ReadHandle(ctx, h, 1<<30); err != nil || string(got) != "mine" {
 		t.Errorf("create without O_EXCL read %q, %v", got, err)
 	}
 	h.Close(ctx)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -161,27 +160,7 @@ func get(t testing.TB, d fs.Dir, p string) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s: a %T", p, n)
 	}
-	h, err := f.Open(ctx, fs.ReadOnly)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close(ctx)
-	return readAll(h)
-}
-
-func readAll(h fs.Handle) ([]byte, error) {
-	var out []byte
-	buf := make([]byte, 256<<10)
-	for {
-		n, err := h.ReadAt(ctx, buf, int64(len(out)))
-		out = append(out, buf[:n]...)
-		if errors.Is(err, io.EOF) || (err == nil && n == 0) {
-			return out, nil
-		}
-		if err != nil {
-			return out, err
-		}
-	}
+	return fs.ReadAll(ctx, f, 1<<30)
 }
 
 // expect checks that the file at p holds want.
